@@ -1,0 +1,29 @@
+"""
+aurora: a distributed object registry on Twisted Perspective Broker.
+
+Managers are registered under zope interfaces in a L{Registry}; a L{Server}
+publishes it, a L{Client} gets it back as a remote registry whose managers,
+copies and models behave like the local ones.
+"""
+
+from aurora import errors, signals
+from aurora._version import __version__
+from aurora.client import Client
+from aurora.registry import Registry
+from aurora.remote import registerMirror, registerWrapper
+from aurora.remoteable import Copyable, Manager, Model
+from aurora.server import Server
+
+__all__ = [
+    "Client",
+    "Copyable",
+    "Manager",
+    "Model",
+    "Registry",
+    "Server",
+    "errors",
+    "registerMirror",
+    "registerWrapper",
+    "signals",
+    "__version__",
+]

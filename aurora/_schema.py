@@ -1,0 +1,172 @@
+"""
+What an interface says about its methods, and how that travels.
+
+Managers expose exactly the methods of their zope interfaces and check
+arguments against the declared signatures; a process that cannot import an
+interface module (a relay, the CLI) rebuilds an equivalent interface from the
+plain-data description the server sends.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from functools import lru_cache
+from typing import Any
+
+from twisted.spread import pb
+from zope.interface import Interface, implementedBy, providedBy
+from zope.interface.interface import InterfaceClass, Method
+from zope.interface.interfaces import IInterface, IMethod
+
+from aurora.errors import BadArguments
+
+
+def interfaceName(iface: Any) -> str:
+    """The dotted name of an interface, or C{iface} itself if a C{str}."""
+    if isinstance(iface, str):
+        return iface
+    if IInterface.providedBy(iface):
+        return iface.__identifier__
+    raise TypeError(
+        f"expected a zope.interface Interface or its dotted name, got {iface!r}"
+    )
+
+
+@lru_cache(maxsize=None)
+def methodsOf(iface: InterfaceClass) -> dict[str, Method]:
+    """The public methods of C{iface}, inherited ones included."""
+    return {
+        name: desc
+        for name, desc in iface.namesAndDescriptions(all=True)
+        if IMethod.providedBy(desc) and not name.startswith("_")
+    }
+
+
+# PB's own interfaces (IJellyable's jellyFor, ...) are plumbing, never offered.
+_PLUMBING = frozenset(implementedBy(pb.Referenceable).flattened())
+
+
+def offeredInterfaces(obj: Any) -> list[InterfaceClass]:
+    """The application interfaces C{obj} declares (not PB's plumbing)."""
+    return [i for i in providedBy(obj).interfaces() if i not in _PLUMBING]
+
+
+def exposedMethods(obj: Any) -> dict[str, tuple[InterfaceClass, Method]]:
+    """Every method of every interface C{obj} offers, with its interface."""
+    return _exposedForSpec(providedBy(obj))
+
+
+@lru_cache(maxsize=1024)
+def _exposedForSpec(spec: Any) -> dict[str, tuple[InterfaceClass, Method]]:
+    exposed: dict[str, tuple[InterfaceClass, Method]] = {}
+    for iface in spec.flattened():
+        if iface in _PLUMBING:
+            continue
+        for name, method in methodsOf(iface).items():
+            exposed.setdefault(name, (iface, method))
+    return exposed
+
+
+_MISSING = inspect.Parameter.empty
+
+
+@lru_cache(maxsize=4096)
+def signatureOf(method: Method) -> inspect.Signature:
+    """An C{inspect.Signature} equivalent to a zope method's declaration."""
+    info = method.getSignatureInfo()
+    params = []
+    for name in info["positional"]:
+        default = _MISSING if name in info["required"] else None
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default
+            )
+        )
+    if info["varargs"]:
+        params.append(
+            inspect.Parameter(info["varargs"], inspect.Parameter.VAR_POSITIONAL)
+        )
+    if info["kwargs"]:
+        params.append(inspect.Parameter(info["kwargs"], inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(params)
+
+
+def checkArguments(
+    iface: InterfaceClass, method: Method, args: tuple, kw: dict[str, Any]
+) -> None:
+    """Raise L{BadArguments} unless C{args, kw} fit C{method}'s signature."""
+    sig = signatureOf(method)
+    try:
+        sig.bind(*args, **kw)
+    except TypeError as e:
+        raise BadArguments(
+            f"{iface.__identifier__}.{method.__name__}{sig}: {e}",
+            interface=iface.__identifier__,
+            method=method.__name__,
+        ) from None
+
+
+def describe(iface: InterfaceClass) -> dict[str, Any]:
+    """Plain data that L{synthesize} turns back into an equivalent interface."""
+    methods = {}
+    for name, method in methodsOf(iface).items():
+        info = method.getSignatureInfo()
+        methods[name] = {
+            "doc": method.getDoc() or "",
+            "positional": list(info["positional"]),
+            "required": list(info["required"]),
+            "varargs": info["varargs"],
+            "kwargs": info["kwargs"],
+        }
+    return {"name": iface.__identifier__, "doc": iface.getDoc() or "", "methods": methods}
+
+
+def synthesize(description: dict[str, Any]) -> InterfaceClass:
+    """
+    An interface with the name, methods and signatures of C{description}.
+
+    It is a new interface object, not the original, so C{providedBy} checks
+    against the original fail: it serves processes that never import the
+    original (relays, the CLI).
+    """
+    module, _, short = description["name"].rpartition(".")
+    attrs: dict[str, Any] = {}
+    for name, m in description["methods"].items():
+        if name.startswith("_"):
+            continue
+        method = Method(name, __doc__=m.get("doc", ""))
+        method.positional = tuple(m["positional"])
+        method.required = tuple(m["required"])
+        method.optional = {
+            p: None for p in m["positional"] if p not in m["required"]
+        }
+        method.varargs = m.get("varargs")
+        method.kwargs = m.get("kwargs")
+        attrs[name] = method
+    return InterfaceClass(
+        short, (Interface,), attrs, __doc__=description.get("doc", ""),
+        __module__=module,
+    )
+
+
+def findInterface(obj: Any, name: str) -> InterfaceClass | None:
+    """The interface named C{name} among those C{obj} provides."""
+    for iface in providedBy(obj).flattened():
+        if iface.__identifier__ == name:
+            return iface
+    return None
+
+
+def importedInterface(name: str) -> InterfaceClass | None:
+    """
+    The interface named C{name} if its module is already imported.
+
+    Never imports: a name that came over the wire must not make this process
+    run module code.
+    """
+    module, _, short = name.rpartition(".")
+    obj = getattr(sys.modules.get(module), short, None)
+    if IInterface.providedBy(obj) and obj.__identifier__ == name:
+        return obj
+    return None

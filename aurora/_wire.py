@@ -1,0 +1,225 @@
+"""
+What may cross the wire, and what happens when something may not.
+
+Every aurora connection is a L{Broker} with L{SECURITY} as its jelly taster:
+basic Python types, PB's reference atoms and the classes declared in
+L{aurora._types}, nothing else, in either direction.  The broker turns PB's
+silent failure modes into errors the caller receives: a value that cannot be
+jellied, a token over banana's size limit (stock PB leaves the caller's
+Deferred waiting forever), an answer the caller cannot unjelly (stock PB drops
+the connection, Twisted #10910).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.python.reflect import qual
+from twisted.spread import banana, jelly, pb
+
+from aurora import _types
+from aurora._version import __version__
+from aurora.errors import IncompatibleVersion, LimitExceeded, SerializationError
+
+PROTOCOL_VERSION = 1
+"""aurora's wire protocol version, exchanged by C{hello} at connect."""
+
+REF_ATOM = b"aurora.ref"
+"""C{[REF_ATOM, luid, (interface names)]}: a manager sent by reference."""
+
+_RECEIVABLE = frozenset(
+    [
+        # jelly's atoms for basic values
+        b"None", b"boolean", b"unicode", b"decimal", b"datetime", b"date",
+        b"time", b"timedelta", b"list", b"tuple", b"dictionary", b"set",
+        b"frozenset", b"reference", b"dereference",
+        # PB's references: a reference sent back to its origin, a remote
+        # reference, a model again on a connection that mirrors it already,
+        # a mirror sent back to its origin
+        b"local", b"remote", b"cached", b"lcache",
+        # PB's own errors (e.g. "Invalid Object ID"), copied as plain state
+        b"twisted.spread.pb.CopyableFailure",
+        REF_ATOM,
+    ]
+)
+
+# jelly asks the taster about qual(type(value)) before sending any value
+# that is not Jellyable.
+_SENDABLE = frozenset(
+    qual(t).encode("utf-8")
+    for t in (
+        bytes, str, int, float, bool, type(None), list, tuple, dict, set,
+        frozenset, datetime.datetime, datetime.date, datetime.time,
+        datetime.timedelta, decimal.Decimal,
+    )
+)
+
+
+class Security(jelly.SecurityOptions):
+    """
+    A jelly taster that allows only basic values and declared types.
+
+    Twisted's own L{jelly.SecurityOptions} allows any dotted type name and
+    defers to a module and class check; this one never resolves a name to a
+    module or class at all (Twisted #6355).
+    """
+
+    def isTypeAllowed(self, typeName: Any) -> bool:
+        if isinstance(typeName, str):
+            typeName = typeName.encode("utf-8")
+        return (
+            typeName in _RECEIVABLE
+            or typeName in _SENDABLE
+            or _types.isDeclared(typeName)
+        )
+
+    def isModuleAllowed(self, moduleName: Any) -> bool:
+        return False
+
+    def isClassAllowed(self, klass: Any) -> bool:
+        return False
+
+
+SECURITY = Security()
+
+
+def _describeUnsendable(e: Exception) -> str:
+    if isinstance(e, NotImplementedError) and "tzinfo" in str(e):
+        return (
+            "cannot send a timezone-aware datetime or time: send an epoch float "
+            "or an ISO 8601 string"
+        )
+    return (
+        f"cannot send this value ({e}): only basic types (str, bytes, int, "
+        "float, bool, None, list, tuple, dict, set, Decimal, naive datetimes) "
+        "and declared Copyable, Model, Error and Manager classes can travel"
+    )
+
+
+class Broker(pb.Broker):
+    """
+    A PB broker whose failures reach the caller as aurora errors.
+
+    C{factory} is a L{ClientFactory} or L{ServerFactory}; it supplies
+    C{wrapReference}, which turns an incoming manager reference into what the
+    application sees.
+    """
+
+    def serialize(self, object: Any, perspective: Any = None, method: Any = None,
+                  args: Any = None, kw: Any = None) -> Any:
+        try:
+            return super().serialize(object, perspective, method, args, kw)
+        except (jelly.InsecureJelly, NotImplementedError) as e:
+            raise SerializationError(_describeUnsendable(e)) from None
+
+    def _sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
+                     message: bytes, args: Any, kw: Any) -> Any:
+        try:
+            return super()._sendMessage(prefix, perspective, objectID, message,
+                                        args, kw)
+        except banana.BananaError as e:
+            # Raised while encoding, after the answer Deferred was registered
+            # under the newest request ID: without this it would never fire.
+            self.waitingForAnswers.pop(self.currentRequestID, None)
+            return defer.fail(_unencodable(e))
+
+    def _sendAnswer(self, netResult: Any, requestID: int) -> None:
+        try:
+            super()._sendAnswer(netResult, requestID)
+        except banana.BananaError as e:
+            # Stock PB lets this escape dataReceived and drops the connection.
+            self._sendError(_unencodable(e), requestID)
+
+    def proto_answer(self, requestID: int, netResult: Any) -> None:
+        d = self.waitingForAnswers.pop(requestID)
+        try:
+            result = self.unserialize(netResult)
+        except Exception as e:
+            d.errback(Failure(_unreadable(e)))
+        else:
+            d.callback(result)
+
+    def proto_error(self, requestID: int, fail: Any) -> None:
+        d = self.waitingForAnswers.pop(requestID)
+        try:
+            error = self.unserialize(fail)
+        except Exception as e:
+            error = _unreadable(e)
+        d.errback(error if isinstance(error, Failure) else Failure(error))
+
+    def receiveReference(self, luid: int, names: Any) -> Any:
+        """An incoming manager reference: wrap it for the application."""
+        ref = pb.RemoteReference(self.unserializingPerspective, self, luid, 1)
+        if not isinstance(names, (list, tuple)):
+            names = ()
+        names = tuple(n.decode("utf-8") for n in names if isinstance(n, bytes))
+        return self.factory.wrapReference(ref, names)
+
+
+def _unencodable(e: Exception) -> Exception:
+    if "too long" not in str(e):
+        return SerializationError(f"cannot encode this message: {e}")
+    return LimitExceeded(
+        f"message too large: {e}; PB refuses any single string or list over "
+        f"{banana.SIZE_LIMIT} bytes/items (twisted.spread.banana.SIZE_LIMIT): "
+        "send it in pieces",
+        limit=banana.SIZE_LIMIT,
+    )
+
+
+def _unreadable(e: Exception) -> SerializationError:
+    return SerializationError(
+        f"the peer sent a value this process cannot accept ({e}): an "
+        "undeclared type, or a class this process has not imported"
+    )
+
+
+def _receiveRef(unjellier: Any, sexp: list) -> Any:
+    if len(sexp) != 3 or not isinstance(sexp[1], int):
+        raise jelly.InsecureJelly(f"malformed {REF_ATOM!r}")
+    return unjellier.invoker.receiveReference(sexp[1], sexp[2])
+
+
+jelly.unjellyableRegistry[REF_ATOM] = _receiveRef
+
+
+def versionInfo() -> dict[str, Any]:
+    return {"protocol": PROTOCOL_VERSION, "aurora": __version__}
+
+
+def checkVersion(peer: Any, side: str) -> None:
+    """Raise L{IncompatibleVersion} unless C{peer} speaks our protocol."""
+    theirs = peer.get("protocol") if isinstance(peer, dict) else None
+    if theirs != PROTOCOL_VERSION:
+        release = peer.get("aurora", "?") if isinstance(peer, dict) else "?"
+        raise IncompatibleVersion(
+            f"the {side} speaks aurora protocol {theirs!r} (aurora {release}); "
+            f"this process speaks protocol {PROTOCOL_VERSION} "
+            f"(aurora {__version__})",
+            local=PROTOCOL_VERSION,
+            remote=theirs if isinstance(theirs, int) else None,
+        )
+
+
+class ClientFactory(pb.PBClientFactory):
+    """A PB client factory building aurora brokers."""
+
+    protocol = Broker
+
+    def __init__(self, wrapReference: Callable[[Any, tuple], Any]) -> None:
+        super().__init__(security=SECURITY)
+        self.wrapReference = wrapReference
+
+
+class ServerFactory(pb.PBServerFactory):
+    """A PB server factory building aurora brokers."""
+
+    protocol = Broker
+
+    def __init__(self, root: Any, wrapReference: Callable[[Any, tuple], Any]) -> None:
+        super().__init__(root, security=SECURITY)
+        self.wrapReference = wrapReference

@@ -1,0 +1,43 @@
+"""
+The seams of aurora, as zope interfaces.
+
+L{IRegistry} is what application code programs against: a local
+L{aurora.Registry} and a remote one from L{aurora.Client.getRegistry} both
+provide it, so one function serves either.  L{IRegistryService} is the root
+object a L{aurora.Server} publishes on each connection.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class IRegistry(Interface):
+    """Managers registered under interfaces."""
+
+    def getManager(iface):
+        """
+        A Deferred firing with the manager registered under C{iface} (an
+        interface or its dotted name), or failing with
+        L{aurora.errors.UnknownInterface}.
+        """
+
+    def interfaces():
+        """A Deferred firing with the sorted dotted names on offer."""
+
+
+class IRegistryService(Interface):
+    """What a Server publishes as each connection's root object."""
+
+    def hello(peer):
+        """
+        Exchange protocol versions: C{peer} is the client's C{{"protocol":
+        int, "aurora": str}}; the answer is the server's.  An incompatible
+        peer gets L{aurora.errors.IncompatibleVersion}.
+        """
+
+    def getManager(name):
+        """C{[manager, {dotted name: interface description}]} for C{name}."""
+
+    def interfaces():
+        """The sorted dotted names on offer to this connection."""

@@ -1,0 +1,289 @@
+"""
+The three kinds of object that travel: L{Manager} by reference, L{Copyable}
+by value, L{Model} as a live mirror.
+
+Write each class once: aurora derives what goes over the wire from the zope
+interfaces a manager implements and the C{fields} a Copyable or Model
+declares.  There is no C{remote_*} boilerplate and no hand-written mirror
+class.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.reflect import qual
+from twisted.spread import pb
+
+from aurora import _schema, signals
+from aurora._types import Declared
+from aurora._wire import REF_ATOM
+from aurora.errors import (
+    Error,
+    NoSuchMethod,
+    ReadOnlyMirror,
+    RemoteError,
+    SerializationError,
+)
+
+_log = Logger()
+
+
+def _text(name: Any) -> str:
+    return name.decode("utf-8") if isinstance(name, bytes) else name
+
+
+def _unserializeCall(broker: Any, args: Any, kw: Any) -> tuple[tuple, dict]:
+    try:
+        args = broker.unserialize(args)
+        kw = broker.unserialize(kw)
+    except Exception as e:
+        if isinstance(e, Error):
+            raise
+        raise SerializationError(
+            f"the arguments could not be accepted ({e}): an undeclared type, or "
+            "a class this server has not imported"
+        ) from None
+    if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
+        raise SerializationError("malformed call: arguments are not a list and a dict")
+    return tuple(args), {_text(k): v for k, v in kw.items()}
+
+
+def _toRemoteError(failure: Failure, where: str) -> Failure:
+    """Keep aurora errors; anything else travels as RemoteError, logged here."""
+    if isinstance(failure.value, Error):
+        return failure
+    _log.failure("{where} raised; the caller gets RemoteError", failure, where=where)
+    remoteType = qual(failure.type)
+    return Failure(
+        RemoteError(f"{remoteType}: {failure.value}", remoteType=remoteType)
+    )
+
+
+class Manager(pb.Referenceable):
+    """
+    Base class of managers: objects other processes call through a reference.
+
+    The methods of the zope interfaces the class implements are callable
+    remotely, and nothing else.  Arguments are checked against the interface
+    signature before the method runs.  A method may return a value, a
+    Deferred, or be C{async def}.
+    """
+
+    def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
+                              kw: Any) -> Any:
+        name = _text(message)
+        entry = _schema.exposedMethods(self).get(name)
+        if entry is None:
+            offered = sorted(i.__identifier__ for i in _schema.offeredInterfaces(self))
+            raise NoSuchMethod(
+                f"{qual(type(self))} has no remote method {name!r}: only methods "
+                f"of {', '.join(offered) or 'no interface'} are callable",
+                interface=", ".join(offered),
+                method=name,
+            )
+        iface, method = entry
+        args, kw = _unserializeCall(broker, args, kw)
+        _schema.checkArguments(iface, method, args, kw)
+        where = f"{iface.__identifier__}.{name}"
+        d = defer.maybeDeferred(getattr(self, name), *args, **kw)
+        d.addErrback(_toRemoteError, where)
+        d.addCallback(broker.serialize, self.perspective)
+        return d
+
+    def jellyFor(self, jellier: Any) -> Any:
+        if jellier.invoker is None:
+            return super().jellyFor(jellier)
+        return [
+            REF_ATOM,
+            jellier.invoker.registerReference(self),
+            self._interfaceNames(),
+        ]
+
+    def _interfaceNames(self) -> list[bytes]:
+        # Plain bytes inside the atom: banana carries them without jelly.
+        return [i.__identifier__.encode("utf-8") for i in _schema.offeredInterfaces(self)]
+
+
+class Copyable(Declared, pb.Copyable):
+    """
+    A data object sent by value.
+
+    Declare what travels in C{fields}; nothing else does.  The receiver gets
+    an instance of the same class (built without calling C{__init__}), which
+    can be sent onward again.  Fields the receiver does not declare are
+    dropped; fields the sender did not send are None.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        unknown = set(fields) - set(self._fields)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unknown field(s) {sorted(unknown)}; "
+                f"declared fields: {self._fields}"
+            )
+        for name in self._fields:
+            setattr(self, name, fields.get(name))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Copyable):
+            return NotImplemented
+        return other.typeName == self.typeName and other._state() == self._state()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
+        return f"{type(self).__name__}({inner})"
+
+
+class Model(Declared, pb.Cacheable):
+    """
+    Observable state.
+
+    Assigning a declared field sends L{aurora.signals.changed}
+    (C{sender=model, name=, value=, old=}) when the value really changes.
+    Returned from a manager method, a Model travels as a PB Cacheable: the
+    caller gets a live, read-only mirror of the same class that sends the same
+    signal with itself as sender.  A mirror can be sent onward and is then
+    observed like the original.
+    """
+
+    _link: Subscription | None = None
+
+    def __init__(self, **fields: Any) -> None:
+        unknown = set(fields) - set(self._fields)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unknown field(s) {sorted(unknown)}; "
+                f"declared fields: {self._fields}"
+            )
+        d = self.__dict__
+        for name in self._fields:
+            d[name] = fields.get(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._fields:
+            if self._link is not None:
+                raise ReadOnlyMirror(
+                    f"{type(self).__name__}.{name} is a mirror of a remote model; "
+                    "change it through a manager method at its origin"
+                )
+            self._update(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _update(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        old = d.get(name)
+        if name in d and type(old) is type(value) and old == value:
+            return
+        d[name] = value
+        signals.send(signals.changed, self, name=name, value=value, old=old)
+        for broker, observer in list(d.get("_observers", {}).items()):
+            self._notify(broker, observer, name, value)
+
+    def _notify(self, broker: Any, observer: Any, name: str, value: Any) -> None:
+        try:
+            d = observer.callRemote("update", name, value, pbanswer=False)
+        except pb.DeadReferenceError:
+            self.__dict__["_observers"].pop(broker, None)
+            return
+        if d is not None:  # only a failure to serialize returns a Deferred
+            d.addErrback(
+                lambda f: _log.failure(
+                    "cannot send {model}.{name} to an observer", f,
+                    model=type(self).__name__, name=name,
+                )
+            )
+
+    # -- the Cacheable side: this object observed over a connection
+
+    def getStateToCacheAndObserveFor(self, perspective: Any, observer: Any) -> Any:
+        # Keyed by broker: PB compares observers with < when removing them
+        # from a list (Twisted #9671).
+        self.__dict__.setdefault("_observers", {})[observer.broker] = observer
+        return self._state()
+
+    def stoppedObserving(self, perspective: Any, observer: Any) -> None:
+        self.__dict__.get("_observers", {}).pop(observer.broker, None)
+
+    def jellyFor(self, jellier: Any) -> Any:
+        link = self._link
+        if link is not None and link.broker is jellier.invoker:
+            # A mirror going back to its origin arrives as the original.
+            return [b"lcache", link.luid]
+        return super().jellyFor(jellier)
+
+    # -- the mirror side: built when a Model arrives
+
+    @classmethod
+    def _fromWire(cls, unjellier: Any, sexp: list) -> Any:
+        broker = unjellier.invoker
+        luid = sexp[1]
+        face = cls.__new__(cls)
+        sub = Subscription(broker, luid, face)
+        broker.cacheLocally(luid, sub)
+        face._setState(unjellier.unjelly(sexp[2]))
+        face.__dict__["_link"] = sub
+        return face
+
+    def _applyRemote(self, name: str, value: Any) -> None:
+        if name in self._fields:
+            self._update(name, value)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
+        kind = " mirror" if self._link is not None else ""
+        return f"<{type(self).__name__}{kind} {inner}>"
+
+
+class Subscription:
+    """
+    The client end of one Model observed over one connection.
+
+    PB delivers the origin's updates here; this object applies them to the
+    one mirror the application holds (the I{face}).  It holds the face
+    weakly: when the application drops the face, the origin is told to stop
+    observing.  PB's own RemoteCache hands out a new "borg" object per
+    receipt, which breaks pydispatcher's sender-by-identity matching; aurora
+    hands out the same face every time.
+    """
+
+    def __init__(self, broker: Any, luid: int, face: Model) -> None:
+        self.broker = broker
+        self.luid = luid
+        self.refs = 1  # the origin counts one reference per receipt
+        self.face = weakref.ref(face, self._faceGone)
+
+    def _borgify(self) -> Any:
+        # PB's "cached" unjellier calls this when the origin sends a model
+        # this connection mirrors already.
+        self.refs += 1
+        return self.face()
+
+    def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
+                              kw: Any) -> Any:
+        if _text(message) != "update":
+            raise NoSuchMethod(f"model mirrors accept only 'update', not {message!r}")
+        (name, value), _ = _unserializeCall(broker, args, kw)
+        face = self.face()
+        if face is not None:
+            face._applyRemote(_text(name), value)
+        return None
+
+    def _faceGone(self, ref: Any) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Tell the origin this connection no longer observes the model."""
+        broker, refs = self.broker, self.refs
+        self.broker, self.refs = None, 0
+        if broker is not None and not broker.disconnected:
+            for _ in range(refs):
+                broker.decCacheRef(self.luid)
+

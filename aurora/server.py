@@ -1,0 +1,114 @@
+"""
+The server: publishes a registry (local or remote) over PB.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.spread import pb
+from zope.interface import implementer
+
+from aurora import _schema, _wire
+from aurora.interfaces import IRegistry, IRegistryService
+from aurora.remote import wrap
+from aurora.remoteable import Manager
+
+
+@implementer(IRegistryService)
+class RegistryService(Manager):
+    """One connection's view of the published registry (its PB root)."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def hello(self, peer: Any) -> dict[str, Any]:
+        _wire.checkVersion(peer, "client")
+        return _wire.versionInfo()
+
+    async def getManager(self, name: Any) -> list[Any]:
+        manager = await self._registry.getManager(_schema.interfaceName(name))
+        iface = _schema.findInterface(manager, name)
+        descriptions = {name: _schema.describe(iface)} if iface is not None else {}
+        return [manager, descriptions]
+
+    def interfaces(self) -> defer.Deferred:
+        return self._registry.interfaces()
+
+
+@implementer(pb.IPBRoot)
+class _Root:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def rootObject(self, broker: Any) -> RegistryService:
+        return self._server._connected(broker)
+
+
+class Server:
+    """
+    Publishes C{registry} (an L{aurora.Registry} or the remote registry of an
+    L{aurora.Client}) to PB clients.
+
+    @param callTimeout: deadline in seconds for calls this side makes through
+        references that clients send it (None: none).
+    @param reactor: the reactor that listens (default: the global one).
+    @param clock: what times those calls' deadlines (default: C{reactor}).
+    """
+
+    log = Logger()
+
+    def __init__(self, registry: Any, *, callTimeout: float | None = 30.0,
+                 reactor: Any = None, clock: Any = None) -> None:
+        if not IRegistry.providedBy(registry):
+            raise TypeError(
+                f"Server needs an aurora Registry or remote Registry, not {registry!r}"
+            )
+        if reactor is None:
+            from twisted.internet import reactor
+        self._registry = registry
+        self._reactor = reactor
+        self.factory = _wire.ServerFactory(_Root(self), wrapReference=wrap)
+        self.factory.callTimeout = callTimeout
+        self.factory.clock = clock if clock is not None else reactor
+        self._ports: list[IListeningPort] = []
+        self._brokers: set[Any] = set()
+
+    def listen(self, endpoint: str | IStreamServerEndpoint) -> defer.Deferred:
+        """
+        Listen on C{endpoint}: a server endpoint string (C{"tcp:8789"},
+        C{"tcp:0:interface=127.0.0.1"}) or an endpoint object.  A Deferred
+        firing with the listening port.
+        """
+        if isinstance(endpoint, str):
+            endpoint = serverFromString(self._reactor, endpoint)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._ports.append(port)
+            self.log.info("aurora serving {registry!r} on {address}",
+                          registry=self._registry, address=port.getHost())
+            return port
+
+        return endpoint.listen(self.factory).addCallback(listening)
+
+    def _connected(self, broker: Any) -> RegistryService:
+        self._brokers.add(broker)
+        broker.notifyOnDisconnect(lambda: self._brokers.discard(broker))
+        return RegistryService(self._registry)
+
+    def stop(self) -> defer.Deferred:
+        """Stop listening, then close every connection; fires when all are closed."""
+        ports, self._ports = self._ports, []
+        stopped = [defer.maybeDeferred(port.stopListening) for port in ports]
+        for broker in list(self._brokers):
+            done: defer.Deferred = defer.Deferred()
+            broker.notifyOnDisconnect(lambda d=done: d.callback(None))
+            broker.transport.loseConnection()
+            stopped.append(done)
+        return defer.gatherResults(stopped, consumeErrors=True).addCallback(
+            lambda _: None
+        )

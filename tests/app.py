@@ -1,0 +1,121 @@
+"""A small application used by the tests: interfaces, copies, models, managers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from twisted.internet import defer, task
+from zope.interface import Interface, implementer
+
+from aurora import Copyable, Manager, Model, errors
+
+
+class IUserManager(Interface):
+    """Users and their presence."""
+
+    def getUser(name):
+        """The User called C{name}."""
+
+    def listUsers():
+        """Every User."""
+
+    def getModel(name):
+        """The live UserModel of C{name}."""
+
+    def getModels(names):
+        """A dict of name to UserModel."""
+
+    def setOnline(name, online):
+        """Change a user's presence."""
+
+    def echo(value):
+        """C{value}, sent back."""
+
+    def slowEcho(value, delay):
+        """C{value}, after C{delay} seconds."""
+
+    def asyncEcho(value):
+        """C{value}, from an async def."""
+
+    def fail(kind):
+        """Raise an exception of C{kind}."""
+
+    def getAdmin():
+        """Another manager."""
+
+
+class IAdmin(Interface):
+    def ping():
+        """pong"""
+
+
+class User(Copyable):
+    fields = ("name", "email")
+
+
+class UserModel(Model):
+    fields = ("name", "online")
+
+
+class NotAllowed(errors.Error):
+    fields = ("who",)
+
+
+@implementer(IAdmin)
+class Admin(Manager):
+    def ping(self):
+        return "pong"
+
+    def secret(self):
+        return "not exposed"
+
+
+@implementer(IUserManager)
+class UserManager(Manager):
+    def __init__(self, clock=None):
+        from twisted.internet import reactor
+
+        self.clock = clock or reactor
+        self.users = {n: User(name=n, email=f"{n}@example.org") for n in ("alice", "bob")}
+        self.models = {n: UserModel(name=n, online=False) for n in self.users}
+        self.admin = Admin()
+
+    def getUser(self, name):
+        return self.users[name]
+
+    def listUsers(self):
+        return [self.users[n] for n in sorted(self.users)]
+
+    def getModel(self, name):
+        return self.models[name]
+
+    def getModels(self, names):
+        return {n: self.models[n] for n in names}
+
+    def setOnline(self, name, online):
+        self.models[name].online = online
+
+    def echo(self, value):
+        return value
+
+    def slowEcho(self, value, delay):
+        return task.deferLater(self.clock, delay, lambda: value)
+
+    async def asyncEcho(self, value):
+        await defer.succeed(None)
+        return value
+
+    def fail(self, kind):
+        if kind == "app":
+            raise NotAllowed("alice may not", who="alice")
+        if kind == "value":
+            raise ValueError("bad value 42")
+        if kind == "deferred":
+            return defer.fail(KeyError("missing"))
+        raise RuntimeError(kind)
+
+    def getAdmin(self):
+        return self.admin
+
+    def notInInterface(self):
+        return "hidden"
