@@ -118,6 +118,7 @@ def describe(iface: InterfaceClass) -> dict[str, Any]:
             "required": list(info["required"]),
             "varargs": info["varargs"],
             "kwargs": info["kwargs"],
+            "noReplay": bool(method.queryTaggedValue("noReplay", False)),
         }
     return {"name": iface.__identifier__, "doc": iface.getDoc() or "", "methods": methods}
 
@@ -143,6 +144,8 @@ def synthesize(description: dict[str, Any]) -> InterfaceClass:
         }
         method.varargs = m.get("varargs")
         method.kwargs = m.get("kwargs")
+        if m.get("noReplay"):
+            method.setTaggedValue("noReplay", True)
         attrs[name] = method
     return InterfaceClass(
         short, (Interface,), attrs, __doc__=description.get("doc", ""),

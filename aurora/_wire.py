@@ -17,6 +17,7 @@ import decimal
 from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
@@ -109,6 +110,33 @@ class Broker(pb.Broker):
     application sees.
     """
 
+    lastReceived = 0.0
+    _watch: Any = None
+
+    def connectionMade(self) -> None:
+        self.lastReceived = self.factory.clock.seconds()
+        super().connectionMade()
+
+    def dataReceived(self, chunk: bytes) -> None:
+        self.lastReceived = self.factory.clock.seconds()
+        super().dataReceived(chunk)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+        super().connectionLost(reason)
+
+    def watch(self, timeout: float, interval: float | None = None,
+              ping: Callable[[], Any] | None = None) -> None:
+        """
+        Abort the connection once nothing has arrived for C{timeout} seconds;
+        with C{ping}, call it every C{interval} seconds to provoke an answer.
+        """
+        if self._watch is not None:
+            self._watch.stop()
+        self._watch = _Watchdog(self, self.factory.clock, timeout, interval, ping)
+        self._watch.start()
+
     def serialize(self, object: Any, perspective: Any = None, method: Any = None,
                   args: Any = None, kw: Any = None) -> Any:
         try:
@@ -157,7 +185,60 @@ class Broker(pb.Broker):
         if not isinstance(names, (list, tuple)):
             names = ()
         names = tuple(n.decode("utf-8") for n in names if isinstance(n, bytes))
-        return self.factory.wrapReference(ref, names)
+        return self.factory.wrapReference(ref, names, self.factory)
+
+
+class _Watchdog:
+    """
+    Declares a connection dead when it has been silent too long.
+
+    A closed socket is noticed by TCP; a silent partition (packets dropped, no
+    RST) is not, so the client pings and both sides watch what arrives.  One
+    self-rescheduling timer serves both: it wakes at the next ping or at the
+    silence deadline, whichever is first, so nothing is paid per packet.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, clock: Any, timeout: float,
+                 interval: float | None, ping: Callable[[], Any] | None) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.timeout = timeout
+        self.interval = interval
+        self.ping = ping
+        self.lastPing = clock.seconds()
+        self.timer: Any = None
+
+    def start(self) -> None:
+        self._schedule(self.clock.seconds())
+
+    def stop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _schedule(self, now: float) -> None:
+        wake = self.broker.lastReceived + self.timeout
+        if self.ping is not None and self.interval:
+            wake = min(wake, self.lastPing + self.interval)
+        self.timer = self.clock.callLater(max(0.0, wake - now), self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        now = self.clock.seconds()
+        silent = now - self.broker.lastReceived
+        if silent >= self.timeout - 1e-9:
+            peer = self.broker.transport.getPeer()
+            self.log.warn("nothing from {peer} for {silent:.1f} s; dropping the "
+                          "connection", peer=peer, silent=silent)
+            self.broker.transport.abortConnection()
+            return
+        if self.ping is not None and self.interval and \
+                now - self.lastPing >= self.interval - 1e-9:
+            self.lastPing = now
+            self.ping()
+        self._schedule(now)
 
 
 def _unencodable(e: Exception) -> Exception:
@@ -206,20 +287,31 @@ def checkVersion(peer: Any, side: str) -> None:
 
 
 class ClientFactory(pb.PBClientFactory):
-    """A PB client factory building aurora brokers."""
+    """
+    A PB client factory building aurora brokers; also the settings every
+    wrapper on its connections uses (deadline, clock, result tracker).
+    """
 
     protocol = Broker
 
-    def __init__(self, wrapReference: Callable[[Any, tuple], Any]) -> None:
+    def __init__(self, wrapReference: Callable[[Any, tuple, Any], Any], *,
+                 callTimeout: float | None, clock: Any, tracker: Any = None) -> None:
         super().__init__(security=SECURITY)
         self.wrapReference = wrapReference
+        self.callTimeout = callTimeout
+        self.clock = clock
+        self.tracker = tracker
 
 
 class ServerFactory(pb.PBServerFactory):
-    """A PB server factory building aurora brokers."""
+    """A PB server factory building aurora brokers; settings as L{ClientFactory}."""
 
     protocol = Broker
+    tracker = None  # what a server receives is not re-fetched on reconnect
 
-    def __init__(self, root: Any, wrapReference: Callable[[Any, tuple], Any]) -> None:
+    def __init__(self, root: Any, wrapReference: Callable[[Any, tuple, Any], Any], *,
+                 callTimeout: float | None, clock: Any) -> None:
         super().__init__(root, security=SECURITY)
         self.wrapReference = wrapReference
+        self.callTimeout = callTimeout
+        self.clock = clock

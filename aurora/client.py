@@ -1,10 +1,16 @@
 """
-The client: connects to a Server and hands out its remote registry.
+The client: connects to a Server, hands out its remote registry, notices
+outages, reconnects by itself and brings back every object it handed out.
+
+The application keeps its objects across an outage: the remote registry, the
+wrappers and the model mirrors are the same objects before and after; a
+reconnect swaps new references into them (see L{Client} for the order).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -14,10 +20,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from aurora import _wire
-from aurora.errors import ConnectionFailed, IncompatibleVersion
+from aurora import _wire, signals
+from aurora.errors import (
+    ConnectionFailed,
+    ConnectionLost,
+    Error,
+    IncompatibleVersion,
+    StaleReference,
+)
 from aurora.interfaces import IRegistryService
-from aurora.remote import Registry, Wrapper, wrap
+from aurora.remote import Registry, Tracker, Wrapper, locate, wrap
+from aurora.remoteable import Model
 
 
 @implementer(IStreamClientEndpoint)
@@ -36,9 +49,33 @@ class _RecordingEndpoint:
         return self._endpoint.connect(factory).addErrback(failed)
 
 
+def retryPolicy(initialDelay: float, maxDelay: float) -> Callable[[int], float]:
+    """
+    Exponential backoff with jitter: the first retry within
+    C{2 * initialDelay}, later ones growing by 1.5 up to C{maxDelay} (plus
+    jitter), so a long outage never stretches retries into hours.
+    """
+    return backoffPolicy(initialDelay=initialDelay, maxDelay=maxDelay, factor=1.5,
+                         jitter=lambda: random.uniform(0, initialDelay))
+
+
 class Client:
     """
-    A connection to an aurora L{Server}.
+    A connection to an aurora L{Server}, kept up by itself.
+
+    While connected, the client pings every C{heartbeat} seconds and declares
+    the connection dead when nothing at all has arrived for C{timeout}
+    seconds (a silent partition), or at once when TCP says so.  It then sends
+    L{aurora.signals.disconnected} once, fails every call with
+    L{ConnectionLost}, and reconnects with exponential backoff and jitter.
+
+    On reconnect it resyncs, in this order: the registry; every manager
+    wrapper the application still holds (fetched again and swapped into the
+    same wrapper object); every live model mirror (fetched again by replaying
+    the call that produced it, its fields refreshed, C{changed} sent for each
+    that differs).  Then it sends L{aurora.signals.connected} (C{sender=}
+    the client, C{registry=} the remote registry): the hook for whatever the
+    application itself set up on the server.
 
     @param endpoint: a client endpoint string (C{"tcp:127.0.0.1:8789"}) or
         an endpoint object.
@@ -46,8 +83,16 @@ class Client:
         connection before failing with L{ConnectionFailed} (None: forever).
     @param callTimeout: default deadline in seconds of every remote call
         (None: none); expiry raises L{aurora.errors.Timeout}.
+    @param heartbeat: seconds between pings (None: no heartbeat, no timeout).
+    @param timeout: seconds of silence after which the connection is dead
+        (default: twice C{heartbeat}).  The server is told, and drops this
+        client after the same silence.
+    @param reconnectDelay: the backoff's initial delay; the first retry comes
+        within twice this.
+    @param maxReconnectDelay: the longest wait between two attempts.
     @param reactor: the reactor that connects (default: the global one).
-    @param clock: what times deadlines and retries (default: C{reactor}).
+    @param clock: what times heartbeats, deadlines and retries (default:
+        C{reactor}).
     """
 
     log = Logger()
@@ -55,6 +100,10 @@ class Client:
     def __init__(self, endpoint: str | IStreamClientEndpoint, *,
                  connectTimeout: float | None = 30.0,
                  callTimeout: float | None = 30.0,
+                 heartbeat: float | None = 5.0,
+                 timeout: float | None = None,
+                 reconnectDelay: float = 0.25,
+                 maxReconnectDelay: float = 30.0,
                  reactor: Any = None, clock: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -64,37 +113,55 @@ class Client:
             endpoint = clientFromString(reactor, endpoint)
         self._endpoint = _RecordingEndpoint(endpoint)
         self._connectTimeout = connectTimeout
-        self.factory = _wire.ClientFactory(wrapReference=wrap)
-        self.factory.callTimeout = callTimeout
-        self.factory.clock = self._clock
+        self._heartbeat = heartbeat
+        self._timeout = timeout if timeout is not None else (
+            2 * heartbeat if heartbeat else None)
+        self._tracker = Tracker()
+        self.factory = _wire.ClientFactory(
+            wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker)
         self._service = ClientService(
             self._endpoint, self.factory,
-            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+            retryPolicy=retryPolicy(reconnectDelay, maxReconnectDelay),
             clock=self._clock, prepareConnection=self._prepare,
         )
-        self._registry: Registry | None = None
-        self._broker: Any = None
+        # The objects the application holds: the same for the client's life.
+        self._root = Wrapper(None, (IRegistryService.__identifier__,), self.factory)
+        self._registry = Registry(self._root)
+        self._up = False
         self._waiters: list[defer.Deferred] = []
         self._fatal: Failure | None = None
         self._stopped: defer.Deferred | None = None
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up and resynced."""
+        return self._up
+
     def getRegistry(self) -> defer.Deferred:
-        """A Deferred firing with the remote L{aurora.remote.Registry}."""
+        """
+        A Deferred firing with the remote L{aurora.remote.Registry} once
+        connected, or failing with L{ConnectionFailed} after
+        C{connectTimeout} (or L{IncompatibleVersion}).
+        """
         if self._fatal is not None:
             return defer.fail(self._fatal)
-        if self._registry is not None and self._isConnected():
-            return defer.succeed(self._registry)
-        if not self._service.running:
+        if not self._service.running and self._stopped is None:
             self._service.startService()
-        d: defer.Deferred = defer.Deferred()
-        self._waiters.append(d)
-        if self._connectTimeout is not None:
+        d = self.whenConnected()
+        if not d.called and self._connectTimeout is not None:
             d.addTimeout(self._connectTimeout, self._clock,
                          onTimeoutCancel=self._noConnection)
         return d
 
-    def _isConnected(self) -> bool:
-        return self._broker is not None and not self._broker.disconnected
+    def whenConnected(self) -> defer.Deferred:
+        """A Deferred firing with the registry when the connection is (next) up."""
+        if self._fatal is not None:
+            return defer.fail(self._fatal)
+        if self._up:
+            return defer.succeed(self._registry)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     def _noConnection(self, result: Any, seconds: float) -> Failure:
         why = self._endpoint.lastFailure
@@ -110,29 +177,96 @@ class Client:
         # handshake runs.  ClientService cannot take a connection that drops
         # or fails while it is still preparing (NoTransition); once Connected,
         # a drop is an ordinary disconnect and it retries with backoff.
-        defer.ensureDeferred(self._handshake(proto))
+        defer.ensureDeferred(self._connect(proto._protocol))
 
-    async def _handshake(self, proto: Any) -> None:
+    async def _connect(self, broker: Any) -> None:
+        broker.notifyOnDisconnect(self._lost)
+        if self._timeout:
+            broker.watch(self._timeout, self._heartbeat, self._ping)
         try:
-            rootRef = await self.factory.getRootObject().addTimeout(
-                self._connectTimeout or 30.0, self._clock)
-            root = Wrapper(rootRef, (IRegistryService.__identifier__,))
-            server = await root.callRemote("hello", _wire.versionInfo())
+            rootRef = await self.factory.getRootObject()
+            self._root._rebind(Wrapper(rootRef, (), self.factory))
+            peer = dict(_wire.versionInfo(), timeout=self._timeout)
+            server = await self._root._call("hello", (peer,), {}, self._timeoutFor())
             _wire.checkVersion(server, "server")
+            await self._resync()
         except IncompatibleVersion:
             self._giveUp(Failure())
             return
         except Exception:
-            self.log.failure("handshake with {endpoint} failed; will retry",
-                             endpoint=self._description)
-            proto.transport.loseConnection()
+            if not broker.disconnected:
+                self.log.failure("resync with {endpoint} failed; reconnecting",
+                                 endpoint=self._description)
+                broker.transport.loseConnection()
             return
-        self._broker = rootRef.broker
-        self._registry = Registry(root)
+        if broker.disconnected:
+            return
+        self._up = True
         self.log.info("connected to {endpoint}", endpoint=self._description)
+        signals.send(signals.connected, self, registry=self._registry)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self._registry)
+
+    def _timeoutFor(self) -> float | None:
+        return self.factory.callTimeout
+
+    def _ping(self) -> None:
+        # Errors need no handling: silence is what the watchdog measures.
+        self._root._call("ping", (), {}, self._timeout).addErrback(lambda f: None)
+
+    def _lost(self) -> None:
+        if self._up:
+            self._up = False
+            self.log.info("lost the connection to {endpoint}",
+                          endpoint=self._description)
+            signals.send(signals.disconnected, self)
+
+    async def _resync(self) -> None:
+        """Fetch again what the application holds, parents before children."""
+        groups: dict[Any, list[tuple[Any, tuple]]] = {}
+        for obj in self._tracker.live():
+            origin, path = obj.__dict__["_origin"]
+            groups.setdefault(origin, []).append((obj, path))
+        for origin in sorted(groups, key=lambda o: o.depth()):
+            members = groups[origin]
+            why = origin.parent.__dict__.get("_error")
+            if why is None and not origin.replay:
+                why = StaleReference(
+                    f"{origin!r} is marked noReplay: what it returned cannot "
+                    "be fetched again after a reconnect")
+            if why is not None:
+                self._fail(members, why, final=isinstance(why, StaleReference))
+                continue
+            try:
+                result = await origin.parent._call(
+                    origin.method, origin.args, origin.kw, self._timeoutFor())
+            except ConnectionLost:
+                raise
+            except Error as e:
+                self.log.warn("replaying {origin!r} failed: {error}",
+                              origin=origin, error=e)
+                self._fail(members, e, final=False)
+                continue
+            for obj, path in members:
+                new = locate(result, path, obj)
+                if new is None:
+                    self._fail([(obj, path)], StaleReference(
+                        f"{origin!r} no longer returns a match for {obj!r}"),
+                        final=True)
+                elif new is not obj:
+                    obj._rebind(new)
+
+    def _fail(self, members: list[tuple[Any, tuple]], error: Error,
+              final: bool) -> None:
+        for obj, _ in members:
+            obj.__dict__["_error"] = error
+            if final:
+                self._tracker.forget(obj)
+            if isinstance(obj, Model):
+                link = obj.__dict__.get("_link")
+                if link is not None:
+                    link.detach()
 
     def _giveUp(self, failure: Failure) -> None:
         self._fatal = failure

@@ -128,3 +128,11 @@ class IncompatibleVersion(Error):
 
 class ReadOnlyMirror(Error, AttributeError):
     """A model mirror's fields change only at the origin."""
+
+
+class StaleReference(Error):
+    """
+    A wrapper or model mirror that cannot be brought back after a reconnect:
+    the call that produced it is marked not to be replayed, or the replayed
+    result no longer contains a match for it.
+    """

@@ -32,9 +32,14 @@ class IRegistryService(Interface):
     def hello(peer):
         """
         Exchange protocol versions: C{peer} is the client's C{{"protocol":
-        int, "aurora": str}}; the answer is the server's.  An incompatible
-        peer gets L{aurora.errors.IncompatibleVersion}.
+        int, "aurora": str, "timeout": seconds}}; the answer is the server's.
+        An incompatible peer gets L{aurora.errors.IncompatibleVersion}.  With
+        a C{timeout}, the server drops the connection after that long without
+        hearing from the client.
         """
+
+    def ping():
+        """Nothing: the client's heartbeat, answered to show the link works."""
 
     def getManager(name):
         """C{[manager, {dotted name: interface description}]} for C{name}."""

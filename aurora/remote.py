@@ -32,7 +32,7 @@ from aurora.errors import (
     Timeout,
 )
 from aurora.interfaces import IRegistry
-from aurora.remoteable import Manager
+from aurora.remoteable import Manager, Model
 
 _wrapperClasses: dict[str, type[Wrapper]] = {}
 _learned: dict[str, InterfaceClass] = {}
@@ -73,10 +73,37 @@ def learnInterface(description: dict[str, Any]) -> InterfaceClass:
     return iface
 
 
-def wrap(ref: pb.RemoteReference, names: tuple[str, ...]) -> Wrapper:
+def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any) -> Wrapper:
     """The wrapper for a reference to a manager offering C{names}."""
     cls = next((_wrapperClasses[n] for n in names if n in _wrapperClasses), Wrapper)
-    return cls(ref, names)
+    return cls(ref, names, settings)
+
+
+def noReplay(method: Any) -> Any:
+    """
+    Mark an interface method whose results must not be fetched again after a
+    reconnect (it creates something, or is not a lookup).  Mirrors and
+    wrappers it returned then fail with L{StaleReference} after a reconnect::
+
+        class ISessions(Interface):
+            @noReplay
+            def openSession(user):
+                "A new session; calling it again would open another."
+    """
+    method.noReplay = True
+    return method
+
+
+def referenceError(obj: Any) -> Error | None:
+    """
+    Why a wrapper or model mirror does not work now: the error its calls fail
+    with (or, for a mirror, why it no longer follows its origin), or None.
+
+    L{UnknownInterface} and other errors from a replay clear themselves when a
+    later reconnect succeeds; L{StaleReference} is final.  While the
+    connection is down, calls fail with L{ConnectionLost} but this is None.
+    """
+    return obj.__dict__.get("_error")
 
 
 class Wrapper(Manager):
@@ -88,11 +115,19 @@ class Wrapper(Manager):
     _timeout=seconds, **kw)} calls with another deadline than the client's
     C{callTimeout} (C{None}: no deadline); the reflected methods accept
     C{_timeout=} too.
+
+    The application keeps this object across reconnects: the client swaps
+    the new connection's reference into C{_ref}.
     """
 
-    def __init__(self, ref: pb.RemoteReference, names: tuple[str, ...]) -> None:
+    _error: Error | None = None
+    _origin: Any = None
+
+    def __init__(self, ref: pb.RemoteReference | None, names: tuple[str, ...],
+                 settings: Any) -> None:
         self._ref = ref
         self._names = tuple(names)
+        self._settings = settings
         known = [i for i in map(_resolve, names) if i is not None]
         if known:
             alsoProvides(self, *known)
@@ -119,26 +154,45 @@ class Wrapper(Manager):
 
     def callRemote(self, _name: str, *args: Any, **kw: Any) -> defer.Deferred:
         """Call C{_name} on the remote manager; a Deferred of the result."""
-        settings = self._ref.broker.factory
-        timeout = kw.pop("_timeout", settings.callTimeout)
-        where = f"{self._names[0] if self._names else 'manager'}.{_name}"
-        entry = _schema.exposedMethods(self).get(_name)
+        timeout = kw.pop("_timeout", self._settings.callTimeout)
+        d = self._call(_name, args, kw, timeout)
+        tracker = self._settings.tracker
+        if tracker is not None:
+            d.addCallback(tracker.record, self, _name, args, kw)
+        return d
+
+    def _call(self, name: str, args: tuple, kw: dict[str, Any],
+              timeout: float | None) -> defer.Deferred:
+        where = f"{self._names[0] if self._names else 'manager'}.{name}"
+        if self._error is not None:
+            return defer.fail(self._error)
+        entry = _schema.exposedMethods(self).get(name)
+        ref = self._ref
         try:
             if entry is not None:
                 _schema.checkArguments(entry[0], entry[1], args, kw)
-            d = self._ref.callRemote(_name, *args, **kw)
+            if ref is None:
+                raise pb.DeadReferenceError("not connected yet")
+            d = ref.callRemote(name, *args, **kw)
         except pb.DeadReferenceError:
-            return defer.fail(_connectionLost(self._ref.broker, where))
+            return defer.fail(_connectionLost(ref, where))
         except Error:
             return defer.fail()
         if timeout is not None:
-            d.addTimeout(timeout, settings.clock,
+            d.addTimeout(timeout, self._settings.clock,
                          onTimeoutCancel=functools.partial(_timedOut, where))
-        d.addErrback(_translate, self._ref.broker, where)
+        d.addErrback(_translate, ref, where)
         return d
 
+    def _rebind(self, other: Wrapper) -> None:
+        """Take the reference of C{other}, a fresh wrapper for the same manager."""
+        self._ref = other._ref
+        self.__dict__.pop("_error", None)
+
     def jellyFor(self, jellier: Any) -> Any:
-        if jellier.invoker is not None and jellier.invoker is self._ref.broker:
+        if self._error is not None:
+            raise self._error
+        if self._ref is not None and jellier.invoker is self._ref.broker:
             # Going back to where it came from: the peer gets its own object.
             return self._ref.jellyFor(jellier)
         return super().jellyFor(jellier)
@@ -157,16 +211,17 @@ def _timedOut(where: str, result: Any, seconds: float) -> Failure:
     )
 
 
-def _connectionLost(broker: Any, where: str) -> ConnectionLost:
-    peer = getattr(getattr(broker, "transport", None), "getPeer", lambda: "the server")()
-    return ConnectionLost(f"{where}: the connection to {peer} is lost")
+def _connectionLost(ref: Any, where: str) -> ConnectionLost:
+    transport = getattr(getattr(ref, "broker", None), "transport", None)
+    peer = transport.getPeer() if transport is not None else "the server"
+    return ConnectionLost(f"{where}: no connection to {peer}")
 
 
-def _translate(failure: Failure, broker: Any, where: str) -> Failure:
+def _translate(failure: Failure, ref: Any, where: str) -> Failure:
     if isinstance(failure.value, Error):
         return failure
     if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
-        return Failure(_connectionLost(broker, where))
+        return Failure(_connectionLost(ref, where))
     if isinstance(failure, pb.CopiedFailure):
         # An error PB itself raised on the far side (e.g. an unknown object).
         remoteType = failure.type
@@ -177,6 +232,116 @@ def _translate(failure: Failure, broker: Any, where: str) -> Failure:
                         remoteType=str(remoteType))
         )
     return failure
+
+
+class Origin:
+    """The call that produced a result: how to get its objects again."""
+
+    def __init__(self, parent: Wrapper, method: str, args: tuple,
+                 kw: dict[str, Any], replay: bool) -> None:
+        self.parent = parent
+        self.method = method
+        self.args = args
+        self.kw = kw
+        self.replay = replay
+
+    def depth(self) -> int:
+        """Parents are resynced before their children: the root has depth 0."""
+        depth, parent = 1, self.parent
+        while parent._origin is not None and depth < 64:
+            depth += 1
+            parent = parent._origin[0].parent
+        return depth
+
+    def __repr__(self) -> str:
+        return f"<{self.parent!r}.{self.method}{self.args!r}>"
+
+
+_MAX_WALK = 10_000  # objects looked at per result; a bigger result is not walked
+
+
+def _walk(value: Any, path: tuple = ()) -> Any:
+    """Yield (wrapper or mirror, path) for what is inside a call's result."""
+    stack = [(value, path)]
+    seen = 0
+    while stack and seen < _MAX_WALK:
+        value, path = stack.pop()
+        seen += 1
+        if isinstance(value, Wrapper):
+            yield value, path
+        elif isinstance(value, Model):
+            if value._link is not None:
+                yield value, path
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items()
+                         if isinstance(k, (str, bytes, int, float, bool)))
+
+
+def locate(result: Any, path: tuple, old: Any) -> Any:
+    """
+    Find in a replayed C{result} the counterpart of C{old}, which was at
+    C{path} in the original result.  Dict entries match by key; list entries
+    by position, or for a Model that declares C{keyField}, by that field.
+    """
+    value = result
+    for step in path:
+        if isinstance(value, dict):
+            value = value.get(step)
+        elif isinstance(value, (list, tuple)):
+            key = getattr(type(old), "keyField", None)
+            if key is not None and isinstance(old, Model) and step == path[-1]:
+                wanted = old.__dict__.get(key)
+                matches = [v for v in value if type(v) is type(old)
+                           and v.__dict__.get(key) == wanted]
+                value = matches[0] if matches else None
+            else:
+                value = value[step] if isinstance(step, int) and step < len(value) \
+                    else None
+        else:
+            return None
+    if type(value) is not type(old) and not (
+        isinstance(value, Wrapper) and isinstance(old, Wrapper)
+    ):
+        return None
+    return value
+
+
+class Tracker:
+    """
+    The wrappers and mirrors a client has handed out, each with the call that
+    produced it, so a reconnect can fetch them again.  Held weakly: what the
+    application drops is forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def record(self, result: Any, parent: Wrapper, method: str, args: tuple,
+               kw: dict[str, Any]) -> Any:
+        if isinstance(result, (str, bytes, int, float, type(None))):
+            return result
+        origin: Origin | None = None
+        for obj, path in _walk(result):
+            if obj.__dict__.get("_origin") is not None or obj is parent:
+                continue  # the first way to an object is the one replayed
+            if origin is None:
+                origin = Origin(parent, method, args, kw, _replayable(parent, method))
+            obj.__dict__["_origin"] = (origin, path)
+            self._live.add(obj)
+        return result
+
+    def live(self) -> list[Any]:
+        return list(self._live)
+
+    def forget(self, obj: Any) -> None:
+        self._live.discard(obj)
+
+
+def _replayable(parent: Wrapper, method: str) -> bool:
+    entry = _schema.exposedMethods(parent).get(method)
+    return entry is None or not entry[1].queryTaggedValue("noReplay", False)
 
 
 @implementer(IRegistry)
@@ -202,7 +367,7 @@ class Registry:
         except TypeError:
             return defer.fail()
         wrapper = self._wrappers.get(name)
-        if wrapper is not None:
+        if wrapper is not None and wrapper._error is None:
             return defer.succeed(wrapper)
 
         def got(answer: Any) -> Wrapper:
@@ -217,8 +382,14 @@ class Registry:
                 manager._provide(learnInterface(description))
             if not isinstance(iface, str):
                 manager._provide(iface)
-            # Two concurrent requests: keep the first wrapper handed out.
-            return self._wrappers.setdefault(name, manager)
+            known = self._wrappers.get(name)
+            if known is None:
+                self._wrappers[name] = manager
+                return manager
+            # Asked again (concurrently, or after it was gone): the
+            # application keeps the object it may already hold.
+            known._rebind(manager)
+            return known
 
         return self._root.callRemote("getManager", name).addCallback(got)
 
@@ -226,12 +397,14 @@ class Registry:
         return self._root.callRemote("interfaces")
 
     def __repr__(self) -> str:
-        return f"<aurora.remote.Registry via {self._root._ref.broker.transport.getPeer()}>"
+        return f"<aurora.remote.Registry {sorted(self._wrappers)}>"
 
 
 __all__ = [
     "Registry",
     "Wrapper",
+    "noReplay",
+    "referenceError",
     "registerMirror",
     "registerWrapper",
 ]

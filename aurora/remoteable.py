@@ -213,6 +213,9 @@ class Model(Declared, pb.Cacheable):
         self.__dict__.get("_observers", {}).pop(observer.broker, None)
 
     def jellyFor(self, jellier: Any) -> Any:
+        error = self.__dict__.get("_error")
+        if error is not None:
+            raise error
         link = self._link
         if link is not None and link.broker is jellier.invoker:
             # A mirror going back to its origin arrives as the original.
@@ -232,6 +235,22 @@ class Model(Declared, pb.Cacheable):
         face.__dict__["_link"] = sub
         return face
 
+    def _rebind(self, other: Model) -> None:
+        """
+        Follow the subscription of C{other}, a fresh mirror of the same model
+        on a new connection, and take its state, sending C{changed} for each
+        field that differs.
+        """
+        sub = other.__dict__.pop("_link")
+        sub.face = weakref.ref(self, sub._faceGone)
+        old = self.__dict__.get("_link")
+        if old is not None:
+            old.detach()
+        self.__dict__["_link"] = sub
+        self.__dict__.pop("_error", None)
+        for name in self._fields:
+            self._update(name, other.__dict__.get(name))
+
     def _applyRemote(self, name: str, value: Any) -> None:
         if name in self._fields:
             self._update(name, value)
@@ -240,6 +259,10 @@ class Model(Declared, pb.Cacheable):
         inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
         kind = " mirror" if self._link is not None else ""
         return f"<{type(self).__name__}{kind} {inner}>"
+
+
+def _nothing() -> None:
+    return None
 
 
 class Subscription:
@@ -278,6 +301,11 @@ class Subscription:
 
     def _faceGone(self, ref: Any) -> None:
         self.release()
+
+    def detach(self) -> None:
+        """Forget the face without telling the origin (its connection is gone)."""
+        self.face = _nothing
+        self.broker, self.refs = None, 0
 
     def release(self) -> None:
         """Tell the origin this connection no longer observes the model."""

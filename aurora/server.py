@@ -23,12 +23,21 @@ from aurora.remoteable import Manager
 class RegistryService(Manager):
     """One connection's view of the published registry (its PB root)."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, broker: Any) -> None:
         self._registry = registry
+        self._broker = broker
 
     def hello(self, peer: Any) -> dict[str, Any]:
         _wire.checkVersion(peer, "client")
+        timeout = peer.get("timeout")
+        if isinstance(timeout, (int, float)) and timeout > 0:
+            # The client pings more often than this; silence means it is gone
+            # (a partition, a dead host), and with it its observers.
+            self._broker.watch(float(timeout))
         return _wire.versionInfo()
+
+    def ping(self) -> None:
+        return None
 
     async def getManager(self, name: Any) -> list[Any]:
         manager = await self._registry.getManager(_schema.interfaceName(name))
@@ -72,9 +81,10 @@ class Server:
             from twisted.internet import reactor
         self._registry = registry
         self._reactor = reactor
-        self.factory = _wire.ServerFactory(_Root(self), wrapReference=wrap)
-        self.factory.callTimeout = callTimeout
-        self.factory.clock = clock if clock is not None else reactor
+        self.factory = _wire.ServerFactory(
+            _Root(self), wrap, callTimeout=callTimeout,
+            clock=clock if clock is not None else reactor,
+        )
         self._ports: list[IListeningPort] = []
         self._brokers: set[Any] = set()
 
@@ -98,7 +108,7 @@ class Server:
     def _connected(self, broker: Any) -> RegistryService:
         self._brokers.add(broker)
         broker.notifyOnDisconnect(lambda: self._brokers.discard(broker))
-        return RegistryService(self._registry)
+        return RegistryService(self._registry, broker)
 
     def stop(self) -> defer.Deferred:
         """Stop listening, then close every connection; fires when all are closed."""

@@ -8,6 +8,7 @@ from twisted.internet import defer, task
 from zope.interface import Interface, implementer
 
 from aurora import Copyable, Manager, Model, errors
+from aurora.remote import noReplay
 
 
 class IUserManager(Interface):
@@ -43,6 +44,13 @@ class IUserManager(Interface):
     def getAdmin():
         """Another manager."""
 
+    def listModels():
+        """Every UserModel, in the server's order."""
+
+    @noReplay
+    def openModel(name):
+        """A UserModel that must not be fetched again after a reconnect."""
+
 
 class IAdmin(Interface):
     def ping():
@@ -55,6 +63,7 @@ class User(Copyable):
 
 class UserModel(Model):
     fields = ("name", "online")
+    keyField = "name"
 
 
 class NotAllowed(errors.Error):
@@ -72,12 +81,13 @@ class Admin(Manager):
 
 @implementer(IUserManager)
 class UserManager(Manager):
-    def __init__(self, clock=None):
+    def __init__(self, clock=None, online=(), reverse=False):
         from twisted.internet import reactor
 
         self.clock = clock or reactor
+        self.reverse = reverse
         self.users = {n: User(name=n, email=f"{n}@example.org") for n in ("alice", "bob")}
-        self.models = {n: UserModel(name=n, online=False) for n in self.users}
+        self.models = {n: UserModel(name=n, online=n in online) for n in self.users}
         self.admin = Admin()
 
     def getUser(self, name):
@@ -116,6 +126,12 @@ class UserManager(Manager):
 
     def getAdmin(self):
         return self.admin
+
+    def listModels(self):
+        return sorted(self.models.values(), key=lambda m: m.name, reverse=self.reverse)
+
+    def openModel(self, name):
+        return self.models[name]
 
     def notInInterface(self):
         return "hidden"

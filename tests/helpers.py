@@ -1,0 +1,158 @@
+"""Test helpers: server processes, a partitionable TCP proxy, signal waiters."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pydispatch import dispatcher
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ServerProcess(protocol.ProcessProtocol):
+    """
+    C{python -m tests.serve} in a process of its own.  C{ready} fires with
+    the port once it serves; C{ended} when the process is gone.
+    """
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.ready: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
+        self.output = b""
+        self.errors = b""
+
+    @classmethod
+    async def start(cls, port: int = 0, *args: str) -> ServerProcess:
+        proc = cls(*args)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        reactor.spawnProcess(
+            proc, sys.executable,
+            [sys.executable, "-m", "tests.serve",
+             f"tcp:{port}:interface=127.0.0.1", *args],
+            env=env, path=ROOT,
+        )
+        proc.port = await proc.ready.addTimeout(30, reactor)
+        return proc
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.ready.called and b"listening on " in self.output:
+            line = self.output.split(b"listening on ", 1)[1].split(b"\n", 1)[0]
+            self.ready.callback(int(line))
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def processEnded(self, reason) -> None:
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(
+                "server process ended before serving:\n"
+                + self.errors.decode("utf-8", "replace")))
+        self.ended.callback(None)
+
+    async def kill(self) -> None:
+        if not self.ended.called:
+            self.transport.signalProcess("KILL")
+        await self.ended
+
+
+class SignalLog:
+    """Records one pydispatcher signal from one sender; C{next()} waits."""
+
+    def __init__(self, signal: str, sender) -> None:
+        self.signal, self.sender = signal, sender
+        self.events: list[dict] = []
+        self._waiting: list[defer.Deferred] = []
+        dispatcher.connect(self, signal=signal, sender=sender, weak=False)
+
+    def __call__(self, **kw) -> None:
+        kw.pop("signal", None)
+        kw.pop("sender", None)
+        self.events.append(kw)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(kw)
+
+    def next(self, timeout: float = 30) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        return d.addTimeout(timeout, reactor)
+
+    def close(self) -> None:
+        dispatcher.disconnect(self, signal=self.signal, sender=self.sender)
+
+
+class _Pipe(protocol.Protocol):
+    peer: _Pipe | None = None
+
+    def __init__(self, proxy: PartitionProxy) -> None:
+        self.proxy = proxy
+        self.buffered: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.proxy.partitioned:
+            return  # dropped, as by a partition: no RST, no FIN
+        if self.peer is None:
+            self.buffered.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        self.proxy.pipes.discard(self)
+        if self.peer is not None and not self.proxy.partitioned:
+            self.peer.transport.loseConnection()
+
+
+class PartitionProxy:
+    """
+    A TCP proxy on 127.0.0.1 that can silently stop forwarding (a partition:
+    bytes vanish, nothing is closed) and resume.
+    """
+
+    def __init__(self, targetPort: int) -> None:
+        self.targetPort = targetPort
+        self.partitioned = False
+        self.pipes: set[_Pipe] = set()
+
+    async def start(self) -> int:
+        factory = protocol.Factory.forProtocol(lambda: self._accept())
+        self.listening = await TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1").listen(factory)
+        return self.listening.getHost().port
+
+    def _accept(self) -> _Pipe:
+        inbound = _Pipe(self)
+        self.pipes.add(inbound)
+
+        def connected(outbound: _Pipe) -> None:
+            self.pipes.add(outbound)
+            outbound.peer, inbound.peer = inbound, outbound
+            for data in inbound.buffered:
+                outbound.transport.write(data)
+            inbound.buffered = []
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.targetPort)
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Pipe(self)))
+        d.addCallbacks(connected, lambda f: inbound.transport.loseConnection())
+        return inbound
+
+    async def stop(self) -> None:
+        self.partitioned = False
+        await self.listening.stopListening()
+        closing = []
+        for pipe in list(self.pipes):
+            d: defer.Deferred = defer.Deferred()
+            original = pipe.connectionLost
+
+            def lost(reason, original=original, d=d):
+                original(reason)
+                d.callback(None)
+
+            pipe.connectionLost = lost
+            pipe.transport.loseConnection()
+            closing.append(d)
+        await defer.gatherResults(closing)
