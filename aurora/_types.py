@@ -21,18 +21,23 @@ from twisted.spread import jelly
 
 _declared: dict[bytes, type] = {}
 _mirrors: dict[bytes, type] = {}
+_opaque: dict[bytes, tuple[type, dict[str, Any]]] = {}
 
 
 def _receiver(name: bytes) -> Callable[[Any, list], Any]:
     # jelly calls a non-class registry entry as f(unjellier, sexp): see
     # twisted.spread.jelly._Unjellier.unjelly.
     def receive(unjellier: Any, sexp: list) -> Any:
-        return classFor(name)._fromWire(unjellier, sexp)
+        cls = _mirrors.get(name) or _declared.get(name)
+        if cls is not None:
+            return cls._fromWire(unjellier, sexp)
+        opaque, info = _opaque[name]
+        return opaque._fromOpaque(info, unjellier, sexp)
 
     return receive
 
 
-def declare(cls: type) -> None:
+def declareClass(cls: type) -> None:
     """Record C{cls} under its type name so that peers may send it."""
     name = cls.typeName.encode("utf-8")
     known = _declared.get(name)
@@ -67,13 +72,43 @@ def registerMirror(original: type, mirror: type) -> None:
     _mirrors[original.typeName.encode("utf-8")] = mirror
 
 
-def classFor(name: bytes) -> type:
-    """The local class to build for an incoming type name."""
-    return _mirrors.get(name) or _declared[name]
+def registerOpaque(name: str, opaque: type, fields: Any,
+                   keyField: Any = None) -> None:
+    """
+    Accept type C{name}, whose class this process has not imported, as an
+    instance of C{opaque} carrying the type name and the declared C{fields}
+    unchanged, so that it can be sent on (a relay).  A class this process
+    declares itself always wins.
+    """
+    key = name.encode("utf-8")
+    if key in _declared:
+        return
+    if not (isinstance(fields, (list, tuple)) and all(
+            isinstance(f, str) and not f.startswith("_") for f in fields)):
+        raise ValueError(f"bad fields for opaque type {name!r}: {fields!r}")
+    if keyField is not None and keyField not in fields:
+        keyField = None
+    info = {"typeName": name, "_fields": tuple(fields), "keyField": keyField}
+    _opaque[key] = (opaque, info)
+    jelly.unjellyableRegistry[key] = _receiver(key)
+
+
+def advertised() -> dict[str, dict[str, Any]]:
+    """Every type this process can receive: kind, fields, key field."""
+    types = {}
+    for name, (opaque, info) in _opaque.items():
+        types[name.decode("utf-8")] = {
+            "kind": opaque._kind, "fields": list(info["_fields"]),
+            "keyField": info["keyField"]}
+    for name, cls in _declared.items():
+        types[name.decode("utf-8")] = {
+            "kind": cls._kind, "fields": list(cls._fields),
+            "keyField": getattr(cls, "keyField", None)}
+    return types
 
 
 def isDeclared(name: bytes) -> bool:
-    return name in _declared
+    return name in _declared or name in _opaque
 
 
 def allFields(cls: type) -> tuple[str, ...]:
@@ -94,20 +129,22 @@ class Declared:
     """
     Mixin for classes whose declared C{fields} travel by value.
 
-    Subclassing declares the class (see L{declare}); C{_fields} holds the
+    Subclassing declares the class (see L{declareClass}); C{_fields} holds the
     fields of the whole class tree.
     """
 
     fields: tuple[str, ...] = ()
     typeName: str
     _fields: tuple[str, ...] = ()
+    _kind: str  # "copy", "model" or "error": what a relay must build for it
 
-    def __init_subclass__(cls, **kw: Any) -> None:
+    def __init_subclass__(cls, declare: bool = True, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "typeName" not in cls.__dict__:
             cls.typeName = qual(cls)
         cls._fields = allFields(cls)
-        declare(cls)
+        if declare:
+            declareClass(cls)
 
     def _state(self) -> dict[str, Any]:
         d = self.__dict__

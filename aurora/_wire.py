@@ -30,7 +30,9 @@ PROTOCOL_VERSION = 1
 """aurora's wire protocol version, exchanged by C{hello} at connect."""
 
 REF_ATOM = b"aurora.ref"
-"""C{[REF_ATOM, luid, (interface names)]}: a manager sent by reference."""
+"""C{[REF_ATOM, luid, [interface names], [descriptions]]}: a manager sent by
+reference, with the description of each interface the connection has not
+described yet (so a relay or the CLI knows its methods without its module)."""
 
 _RECEIVABLE = frozenset(
     [
@@ -112,10 +114,44 @@ class Broker(pb.Broker):
 
     lastReceived = 0.0
     _watch: Any = None
+    referenceLimit = pb.MAX_BROKER_REFS
+    flow: Flow | None = None
 
     def connectionMade(self) -> None:
         self.lastReceived = self.factory.clock.seconds()
+        self.describedInterfaces: set[str] = set()
+        self.flow = Flow(self, self.factory.clock, **self.factory.flowLimits)
+        self.transport.registerProducer(self.flow, True)
         super().connectionMade()
+
+    def registerPageProducer(self, pager: Any) -> None:
+        raise NotImplementedError(
+            "aurora connections do not carry PB pagers: their transport's "
+            "producer slot paces model updates")
+
+    # PB's limit is one process-wide number, MAX_BROKER_REFS; here each
+    # connection has its own (a relay link asks for more at hello).  A
+    # refusal is an error for that call, never a disconnect.
+    def registerReference(self, object: Any) -> Any:
+        puid = object.processUniqueID()
+        luid = self.luids.get(puid)
+        if luid is None:
+            if len(self.localObjects) >= self.referenceLimit:
+                raise _tooManyReferences(self.referenceLimit)
+            luid = self.newLocalID()
+            self.localObjects[luid] = pb.Local(object)
+            self.luids[puid] = luid
+        else:
+            self.localObjects[luid].incref()
+        return luid
+
+    def cacheRemotely(self, instance: Any) -> Any:
+        if len(self.remotelyCachedObjects) >= self.referenceLimit:
+            raise _tooManyReferences(self.referenceLimit)
+        luid = self.newLocalID()
+        self.remotelyCachedLUIDs[instance.processUniqueID()] = luid
+        self.remotelyCachedObjects[luid] = pb.Local(instance, self.serializingPerspective)
+        return luid
 
     def dataReceived(self, chunk: bytes) -> None:
         self.lastReceived = self.factory.clock.seconds()
@@ -179,13 +215,15 @@ class Broker(pb.Broker):
             error = _unreadable(e)
         d.errback(error if isinstance(error, Failure) else Failure(error))
 
-    def receiveReference(self, luid: int, names: Any) -> Any:
+    def receiveReference(self, luid: int, names: Any, descriptions: Any) -> Any:
         """An incoming manager reference: wrap it for the application."""
         ref = pb.RemoteReference(self.unserializingPerspective, self, luid, 1)
         if not isinstance(names, (list, tuple)):
             names = ()
         names = tuple(n.decode("utf-8") for n in names if isinstance(n, bytes))
-        return self.factory.wrapReference(ref, names, self.factory)
+        if not isinstance(descriptions, list):
+            descriptions = []
+        return self.factory.wrapReference(ref, names, self.factory, descriptions)
 
 
 class _Watchdog:
@@ -241,6 +279,69 @@ class _Watchdog:
         self._schedule(now)
 
 
+class Flow:
+    """
+    Paces model updates to one connection.
+
+    Registered as the transport's streaming producer: while the peer does
+    not read fast enough (the transport's buffer is full), updates are not
+    written but kept, one per model and field, the latest value winning.
+    They go out when the buffer drains.  A peer that stays behind longer
+    than C{maxLag} seconds, or with more than C{maxPending} fields waiting,
+    is disconnected (and resyncs when it reconnects, like any client).
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, clock: Any, maxPending: int = 10_000,
+                 maxLag: float = 30.0) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.maxPending = maxPending
+        self.maxLag = maxLag
+        self.paused = False
+        self.since = 0.0
+        self.pending: dict[tuple[Any, str], tuple[Any, Any]] = {}
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.since = self.clock.seconds()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        pending, self.pending = self.pending, {}
+        items = iter(pending.items())
+        for (model, name), (observer, value) in items:
+            if self.paused:  # the buffer filled up again: keep the rest
+                self.pending[(model, name)] = (observer, value)
+                self.pending.update(items)
+                break
+            model._send(self.broker, observer, name, value)
+
+    def stopProducing(self) -> None:
+        self.pending.clear()
+
+    def hold(self, model: Any, observer: Any, name: str, value: Any) -> None:
+        """Keep C{model.name = value} until the peer catches up."""
+        self.pending[(model, name)] = (observer, value)
+        lag = self.clock.seconds() - self.since
+        if len(self.pending) > self.maxPending or lag > self.maxLag:
+            self.log.warn(
+                "{peer} is {lag:.1f} s and {n} updates behind; disconnecting it",
+                peer=self.broker.transport.getPeer(), lag=lag, n=len(self.pending))
+            self.pending.clear()
+            self.broker.transport.abortConnection()
+
+
+def _tooManyReferences(limit: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"this connection holds {limit} references already, its limit; a "
+        "relay or a client that needs more asks for a higher referenceLimit",
+        limit=limit,
+    )
+
+
 def _unencodable(e: Exception) -> Exception:
     if "too long" not in str(e):
         return SerializationError(f"cannot encode this message: {e}")
@@ -260,9 +361,10 @@ def _unreadable(e: Exception) -> SerializationError:
 
 
 def _receiveRef(unjellier: Any, sexp: list) -> Any:
-    if len(sexp) != 3 or not isinstance(sexp[1], int):
+    if len(sexp) != 4 or not isinstance(sexp[1], int):
         raise jelly.InsecureJelly(f"malformed {REF_ATOM!r}")
-    return unjellier.invoker.receiveReference(sexp[1], sexp[2])
+    return unjellier.invoker.receiveReference(
+        sexp[1], sexp[2], unjellier.unjelly(sexp[3]))
 
 
 jelly.unjellyableRegistry[REF_ATOM] = _receiveRef
@@ -294,13 +396,14 @@ class ClientFactory(pb.PBClientFactory):
 
     protocol = Broker
 
-    def __init__(self, wrapReference: Callable[[Any, tuple, Any], Any], *,
+    def __init__(self, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any, tracker: Any = None) -> None:
         super().__init__(security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
         self.tracker = tracker
+        self.flowLimits: dict[str, Any] = {}
 
 
 class ServerFactory(pb.PBServerFactory):
@@ -309,9 +412,11 @@ class ServerFactory(pb.PBServerFactory):
     protocol = Broker
     tracker = None  # what a server receives is not re-fetched on reconnect
 
-    def __init__(self, root: Any, wrapReference: Callable[[Any, tuple, Any], Any], *,
-                 callTimeout: float | None, clock: Any) -> None:
+    def __init__(self, root: Any, wrapReference: Callable[..., Any], *,
+                 callTimeout: float | None, clock: Any,
+                 flowLimits: dict[str, Any] | None = None) -> None:
         super().__init__(root, security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
+        self.flowLimits = flowLimits or {}

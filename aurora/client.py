@@ -20,17 +20,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from aurora import _wire, signals
+from aurora import _types, _wire, signals
 from aurora.errors import (
     ConnectionFailed,
     ConnectionLost,
     Error,
     IncompatibleVersion,
+    OpaqueError,
     StaleReference,
 )
 from aurora.interfaces import IRegistryService
 from aurora.remote import Registry, Tracker, Wrapper, locate, wrap
-from aurora.remoteable import Model
+from aurora.remoteable import Model, OpaqueCopy, OpaqueModel
 
 
 @implementer(IStreamClientEndpoint)
@@ -90,6 +91,11 @@ class Client:
     @param reconnectDelay: the backoff's initial delay; the first retry comes
         within twice this.
     @param maxReconnectDelay: the longest wait between two attempts.
+    @param referenceLimit: ask the server to let this connection hold up to
+        this many references (a relay asks for many).
+    @param opaque: accept, as opaque objects that are passed on unchanged,
+        the Copyable, Model and Error types the server advertises but this
+        process has not imported (what a relay does).
     @param reactor: the reactor that connects (default: the global one).
     @param clock: what times heartbeats, deadlines and retries (default:
         C{reactor}).
@@ -104,6 +110,7 @@ class Client:
                  timeout: float | None = None,
                  reconnectDelay: float = 0.25,
                  maxReconnectDelay: float = 30.0,
+                 referenceLimit: int | None = None, opaque: bool = False,
                  reactor: Any = None, clock: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -116,6 +123,8 @@ class Client:
         self._heartbeat = heartbeat
         self._timeout = timeout if timeout is not None else (
             2 * heartbeat if heartbeat else None)
+        self._referenceLimit = referenceLimit
+        self._opaque = opaque
         self._tracker = Tracker()
         self.factory = _wire.ClientFactory(
             wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker)
@@ -137,6 +146,20 @@ class Client:
         """Whether the connection is up and resynced."""
         return self._up
 
+    @property
+    def registry(self) -> Registry:
+        """
+        The remote registry, the same object for the client's life; usable
+        before the first connection (its calls then fail with
+        L{ConnectionLost}).
+        """
+        return self._registry
+
+    def start(self) -> None:
+        """Start connecting (L{getRegistry} does this too) without waiting."""
+        if not self._service.running and self._stopped is None:
+            self._service.startService()
+
     def getRegistry(self) -> defer.Deferred:
         """
         A Deferred firing with the remote L{aurora.remote.Registry} once
@@ -145,8 +168,7 @@ class Client:
         """
         if self._fatal is not None:
             return defer.fail(self._fatal)
-        if not self._service.running and self._stopped is None:
-            self._service.startService()
+        self.start()
         d = self.whenConnected()
         if not d.called and self._connectTimeout is not None:
             d.addTimeout(self._connectTimeout, self._clock,
@@ -186,9 +208,15 @@ class Client:
         try:
             rootRef = await self.factory.getRootObject()
             self._root._rebind(Wrapper(rootRef, (), self.factory))
-            peer = dict(_wire.versionInfo(), timeout=self._timeout)
+            peer = dict(_wire.versionInfo(), timeout=self._timeout,
+                        referenceLimit=self._referenceLimit)
             server = await self._root._call("hello", (peer,), {}, self._timeoutFor())
             _wire.checkVersion(server, "server")
+            if self._referenceLimit:
+                broker.referenceLimit = self._referenceLimit
+            if self._opaque:
+                self._learnTypes(
+                    await self._root._call("types", (), {}, self._timeoutFor()))
             await self._resync()
         except IncompatibleVersion:
             self._giveUp(Failure())
@@ -207,6 +235,13 @@ class Client:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self._registry)
+
+    def _learnTypes(self, types: Any) -> None:
+        opaque = {"copy": OpaqueCopy, "model": OpaqueModel, "error": OpaqueError}
+        for name, info in types.items():
+            if isinstance(info, dict) and info.get("kind") in opaque:
+                _types.registerOpaque(name, opaque[info["kind"]], info.get("fields"),
+                                      info.get("keyField"))
 
     def _timeoutFor(self) -> float | None:
         return self.factory.callTimeout

@@ -28,6 +28,7 @@ class Error(Declared, pb.Error, pb.Copyable):
     """
 
     fields = ("message",)
+    _kind = "error"
 
     def __init__(self, message: str = "", **fields: Any) -> None:
         super().__init__(message)
@@ -136,3 +137,17 @@ class StaleReference(Error):
     the call that produced it is marked not to be replayed, or the replayed
     result no longer contains a match for it.
     """
+
+
+class OpaqueError(Error, declare=False):
+    """
+    An application error whose class this process (a relay) never imported:
+    it keeps the type name and fields and is raised onward unchanged.
+    """
+
+    @classmethod
+    def _fromOpaque(cls, info: dict[str, Any], unjellier: Any, sexp: list) -> OpaqueError:
+        error = cls.__new__(cls)
+        error.__dict__.update(info)
+        error._setState(unjellier.unjelly(sexp[1]) if len(sexp) > 1 else {})
+        return error

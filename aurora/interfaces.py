@@ -32,9 +32,10 @@ class IRegistryService(Interface):
     def hello(peer):
         """
         Exchange protocol versions: C{peer} is the client's C{{"protocol":
-        int, "aurora": str, "timeout": seconds}}; the answer is the server's.
-        An incompatible peer gets L{aurora.errors.IncompatibleVersion}.  With
-        a C{timeout}, the server drops the connection after that long without
+        int, "aurora": str, "timeout": seconds, "referenceLimit": int}}; the
+        answer is the server's, with the reference limit granted.  An
+        incompatible peer gets L{aurora.errors.IncompatibleVersion}.  With a
+        C{timeout}, the server drops the connection after that long without
         hearing from the client.
         """
 
@@ -42,7 +43,14 @@ class IRegistryService(Interface):
         """Nothing: the client's heartbeat, answered to show the link works."""
 
     def getManager(name):
-        """C{[manager, {dotted name: interface description}]} for C{name}."""
+        """The manager registered under the dotted name C{name}."""
 
     def interfaces():
         """The sorted dotted names on offer to this connection."""
+
+    def types():
+        """
+        C{{type name: {"kind": "copy"|"model"|"error", "fields": [...],
+        "keyField": name or None}}}: every type this side can send, so a relay
+        can pass them on without their classes.
+        """

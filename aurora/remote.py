@@ -73,8 +73,12 @@ def learnInterface(description: dict[str, Any]) -> InterfaceClass:
     return iface
 
 
-def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any) -> Wrapper:
+def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,
+         descriptions: list[Any] = ()) -> Wrapper:
     """The wrapper for a reference to a manager offering C{names}."""
+    for description in descriptions:
+        if isinstance(description, dict) and isinstance(description.get("name"), str):
+            learnInterface(description)
     cls = next((_wrapperClasses[n] for n in names if n in _wrapperClasses), Wrapper)
     return cls(ref, names, settings)
 
@@ -136,8 +140,10 @@ class Wrapper(Manager):
         if not iface.providedBy(self):
             alsoProvides(self, iface)
 
-    def _interfaceNames(self) -> list[bytes]:
-        return [n.encode("utf-8") for n in self._names]
+    def _offered(self) -> list[Any]:
+        # Every name the origin offered, even one this process only knows
+        # by name; a synthesized interface describes it onward.
+        return [i for i in map(_resolve, self._names) if i is not None]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -290,10 +296,11 @@ def locate(result: Any, path: tuple, old: Any) -> Any:
         if isinstance(value, dict):
             value = value.get(step)
         elif isinstance(value, (list, tuple)):
-            key = getattr(type(old), "keyField", None)
+            key = getattr(old, "keyField", None)
             if key is not None and isinstance(old, Model) and step == path[-1]:
                 wanted = old.__dict__.get(key)
                 matches = [v for v in value if type(v) is type(old)
+                           and v.typeName == old.typeName
                            and v.__dict__.get(key) == wanted]
                 value = matches[0] if matches else None
             else:
@@ -301,9 +308,9 @@ def locate(result: Any, path: tuple, old: Any) -> Any:
                     else None
         else:
             return None
-    if type(value) is not type(old) and not (
-        isinstance(value, Wrapper) and isinstance(old, Wrapper)
-    ):
+    if isinstance(old, Wrapper):
+        return value if isinstance(value, Wrapper) else None
+    if type(value) is not type(old) or value.typeName != old.typeName:
         return None
     return value
 
@@ -370,16 +377,13 @@ class Registry:
         if wrapper is not None and wrapper._error is None:
             return defer.succeed(wrapper)
 
-        def got(answer: Any) -> Wrapper:
-            manager, descriptions = answer
+        def got(manager: Any) -> Wrapper:
             if not isinstance(manager, Wrapper):
                 raise RemoteError(
                     f"the server answered getManager({name!r}) with "
                     f"{qual(type(manager))}, not a manager reference",
                     remoteType=qual(type(manager)),
                 )
-            for description in descriptions.values():
-                manager._provide(learnInterface(description))
             if not isinstance(iface, str):
                 manager._provide(iface)
             known = self._wrappers.get(name)

@@ -96,17 +96,27 @@ class Manager(pb.Referenceable):
         return d
 
     def jellyFor(self, jellier: Any) -> Any:
-        if jellier.invoker is None:
+        broker = jellier.invoker
+        if broker is None:
             return super().jellyFor(jellier)
+        ifaces = self._offered()
+        described = getattr(broker, "describedInterfaces", None)
+        descriptions = []
+        if described is not None:
+            for iface in ifaces:
+                if iface.__identifier__ not in described:
+                    described.add(iface.__identifier__)
+                    descriptions.append(_schema.describe(iface))
         return [
             REF_ATOM,
-            jellier.invoker.registerReference(self),
-            self._interfaceNames(),
+            broker.registerReference(self),
+            # Plain bytes inside the atom: banana carries them without jelly.
+            [i.__identifier__.encode("utf-8") for i in ifaces],
+            jellier.jelly(descriptions),
         ]
 
-    def _interfaceNames(self) -> list[bytes]:
-        # Plain bytes inside the atom: banana carries them without jelly.
-        return [i.__identifier__.encode("utf-8") for i in _schema.offeredInterfaces(self)]
+    def _offered(self) -> list[Any]:
+        return _schema.offeredInterfaces(self)
 
 
 class Copyable(Declared, pb.Copyable):
@@ -118,6 +128,8 @@ class Copyable(Declared, pb.Copyable):
     can be sent onward again.  Fields the receiver does not declare are
     dropped; fields the sender did not send are None.
     """
+
+    _kind = "copy"
 
     def __init__(self, **fields: Any) -> None:
         unknown = set(fields) - set(self._fields)
@@ -154,6 +166,9 @@ class Model(Declared, pb.Cacheable):
     """
 
     _link: Subscription | None = None
+    _kind = "model"
+    keyField: str | None = None
+    """A field that identifies the model among others in a list, for resync."""
 
     def __init__(self, **fields: Any) -> None:
         unknown = set(fields) - set(self._fields)
@@ -185,9 +200,13 @@ class Model(Declared, pb.Cacheable):
         d[name] = value
         signals.send(signals.changed, self, name=name, value=value, old=old)
         for broker, observer in list(d.get("_observers", {}).items()):
-            self._notify(broker, observer, name, value)
+            flow = broker.flow
+            if flow is not None and flow.paused:
+                flow.hold(self, observer, name, value)
+            else:
+                self._send(broker, observer, name, value)
 
-    def _notify(self, broker: Any, observer: Any, name: str, value: Any) -> None:
+    def _send(self, broker: Any, observer: Any, name: str, value: Any) -> None:
         try:
             d = observer.callRemote("update", name, value, pbanswer=False)
         except pb.DeadReferenceError:
@@ -225,10 +244,11 @@ class Model(Declared, pb.Cacheable):
     # -- the mirror side: built when a Model arrives
 
     @classmethod
-    def _fromWire(cls, unjellier: Any, sexp: list) -> Any:
+    def _fromWire(cls, unjellier: Any, sexp: list, face: Model | None = None) -> Any:
         broker = unjellier.invoker
         luid = sexp[1]
-        face = cls.__new__(cls)
+        if face is None:
+            face = cls.__new__(cls)
         sub = Subscription(broker, luid, face)
         broker.cacheLocally(luid, sub)
         face._setState(unjellier.unjelly(sexp[2]))
@@ -259,6 +279,42 @@ class Model(Declared, pb.Cacheable):
         inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
         kind = " mirror" if self._link is not None else ""
         return f"<{type(self).__name__}{kind} {inner}>"
+
+
+class OpaqueCopy(Copyable, declare=False):
+    """
+    A copy of a type this process (a relay) never imported: it keeps the type
+    name and the advertised fields and is sent on unchanged.  Nothing of the
+    application's is imported or instantiated.
+    """
+
+    @classmethod
+    def _fromOpaque(cls, info: dict[str, Any], unjellier: Any, sexp: list) -> OpaqueCopy:
+        copy = cls.__new__(cls)
+        copy.__dict__.update(info)
+        copy._setState(unjellier.unjelly(sexp[1]) if len(sexp) > 1 else {})
+        return copy
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
+        return f"<opaque {self.typeName}({inner})>"
+
+
+class OpaqueModel(Model, declare=False):
+    """
+    A mirror of a Model type this process (a relay) never imported: it
+    follows the origin and is observed downstream like any mirror.
+    """
+
+    @classmethod
+    def _fromOpaque(cls, info: dict[str, Any], unjellier: Any, sexp: list) -> OpaqueModel:
+        face = cls.__new__(cls)
+        face.__dict__.update(info)
+        return cls._fromWire(unjellier, sexp, face)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
+        return f"<opaque {self.typeName} mirror {inner}>"
 
 
 def _nothing() -> None:

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from aurora import _schema, _wire
+from aurora import _schema, _types, _wire
 from aurora.interfaces import IRegistry, IRegistryService
 from aurora.remote import wrap
 from aurora.remoteable import Manager
@@ -23,9 +23,10 @@ from aurora.remoteable import Manager
 class RegistryService(Manager):
     """One connection's view of the published registry (its PB root)."""
 
-    def __init__(self, registry: Any, broker: Any) -> None:
+    def __init__(self, registry: Any, broker: Any, maxReferenceLimit: int) -> None:
         self._registry = registry
         self._broker = broker
+        self._maxReferenceLimit = maxReferenceLimit
 
     def hello(self, peer: Any) -> dict[str, Any]:
         _wire.checkVersion(peer, "client")
@@ -34,19 +35,24 @@ class RegistryService(Manager):
             # The client pings more often than this; silence means it is gone
             # (a partition, a dead host), and with it its observers.
             self._broker.watch(float(timeout))
-        return _wire.versionInfo()
+        wanted = peer.get("referenceLimit")
+        if isinstance(wanted, int) and wanted > self._broker.referenceLimit:
+            self._broker.referenceLimit = min(wanted, self._maxReferenceLimit)
+        return dict(_wire.versionInfo(), referenceLimit=self._broker.referenceLimit)
 
     def ping(self) -> None:
         return None
 
-    async def getManager(self, name: Any) -> list[Any]:
-        manager = await self._registry.getManager(_schema.interfaceName(name))
-        iface = _schema.findInterface(manager, name)
-        descriptions = {name: _schema.describe(iface)} if iface is not None else {}
-        return [manager, descriptions]
+    def getManager(self, name: Any) -> defer.Deferred:
+        return self._registry.getManager(_schema.interfaceName(name))
 
     def interfaces(self) -> defer.Deferred:
         return self._registry.interfaces()
+
+    def types(self) -> Any:
+        # A relay's registry waits until it has learned its upstream's types.
+        learned = getattr(self._registry, "types", None)
+        return learned() if learned is not None else _types.advertised()
 
 
 @implementer(pb.IPBRoot)
@@ -65,6 +71,12 @@ class Server:
 
     @param callTimeout: deadline in seconds for calls this side makes through
         references that clients send it (None: none).
+    @param referenceLimit: references (managers, models) one connection may
+        hold at once; PB's fixed 1,024 by default.
+    @param maxReferenceLimit: the most a client may ask for at connect (a
+        relay funnels its clients' references into one connection).
+    @param maxLag: seconds a client may stay behind on model updates before
+        it is disconnected; C{maxPending}: model fields waiting for it.
     @param reactor: the reactor that listens (default: the global one).
     @param clock: what times those calls' deadlines (default: C{reactor}).
     """
@@ -72,6 +84,8 @@ class Server:
     log = Logger()
 
     def __init__(self, registry: Any, *, callTimeout: float | None = 30.0,
+                 referenceLimit: int = 1024, maxReferenceLimit: int = 100_000,
+                 maxLag: float = 30.0, maxPending: int = 10_000,
                  reactor: Any = None, clock: Any = None) -> None:
         if not IRegistry.providedBy(registry):
             raise TypeError(
@@ -84,7 +98,10 @@ class Server:
         self.factory = _wire.ServerFactory(
             _Root(self), wrap, callTimeout=callTimeout,
             clock=clock if clock is not None else reactor,
+            flowLimits={"maxLag": maxLag, "maxPending": maxPending},
         )
+        self._referenceLimit = referenceLimit
+        self._maxReferenceLimit = maxReferenceLimit
         self._ports: list[IListeningPort] = []
         self._brokers: set[Any] = set()
 
@@ -108,7 +125,8 @@ class Server:
     def _connected(self, broker: Any) -> RegistryService:
         self._brokers.add(broker)
         broker.notifyOnDisconnect(lambda: self._brokers.discard(broker))
-        return RegistryService(self._registry, broker)
+        broker.referenceLimit = self._referenceLimit
+        return RegistryService(self._registry, broker, self._maxReferenceLimit)
 
     def stop(self) -> defer.Deferred:
         """Stop listening, then close every connection; fires when all are closed."""

@@ -51,6 +51,12 @@ class IUserManager(Interface):
     def openModel(name):
         """A UserModel that must not be fetched again after a reconnect."""
 
+    def makeModels(count):
+        """C{count} distinct UserModels (kept: asking again gives the same)."""
+
+    def addUser(user):
+        """Store a User sent by the caller; answer its class's name."""
+
 
 class IAdmin(Interface):
     def ping():
@@ -89,6 +95,7 @@ class UserManager(Manager):
         self.users = {n: User(name=n, email=f"{n}@example.org") for n in ("alice", "bob")}
         self.models = {n: UserModel(name=n, online=n in online) for n in self.users}
         self.admin = Admin()
+        self.many = []
 
     def getUser(self, name):
         return self.users[name]
@@ -132,6 +139,15 @@ class UserManager(Manager):
 
     def openModel(self, name):
         return self.models[name]
+
+    def makeModels(self, count):
+        while len(self.many) < count:
+            self.many.append(UserModel(name=f"user{len(self.many)}", online=False))
+        return self.many[:count]
+
+    def addUser(self, user):
+        self.users[user.name] = user
+        return type(user).__name__
 
     def notInInterface(self):
         return "hidden"

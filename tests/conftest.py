@@ -63,3 +63,13 @@ async def served():
     await s.start()
     yield s
     await s.stop()
+
+
+def pytest_unconfigure(config):
+    # pydispatcher's weak sender references call back into the module during
+    # interpreter shutdown ("NoneType is not callable"); drop them first.
+    from pydispatch import dispatcher
+
+    dispatcher.connections.clear()
+    dispatcher.senders.clear()
+    dispatcher.sendersBack.clear()

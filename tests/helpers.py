@@ -60,6 +60,37 @@ class ServerProcess(protocol.ProcessProtocol):
         await self.ended
 
 
+# A relay that cannot import the test application even if it tried: run from
+# an empty directory, without PYTHONPATH, with the package blocked.
+_RELAY = """
+import sys
+sys.modules["tests"] = None
+from twisted.internet import defer, task
+from aurora.relay import main
+task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1:])))
+"""
+
+
+class RelayProcess(ServerProcess):
+    """C{python -m aurora.relay} in a process that has no application code."""
+
+    @classmethod
+    async def start(cls, upstreamPort: int, port: int = 0, *args: str,
+                    workdir: str = "/") -> RelayProcess:
+        proc = cls()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        reactor.spawnProcess(
+            proc, sys.executable,
+            [sys.executable, "-c", _RELAY,
+             "--upstream", f"tcp:127.0.0.1:{upstreamPort}",
+             "--listen", f"tcp:{port}:interface=127.0.0.1", *args],
+            env=env, path=workdir,
+        )
+        proc.port = await proc.ready.addTimeout(30, reactor)
+        proc.upstreamPort = upstreamPort
+        return proc
+
+
 class SignalLog:
     """Records one pydispatcher signal from one sender; C{next()} waits."""
 
