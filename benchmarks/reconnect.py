@@ -24,7 +24,7 @@ from twisted.internet import defer, task  # noqa: E402
 
 from aurora import Client, Registry, Server, signals  # noqa: E402
 from tests.app import IUserManager, UserManager  # noqa: E402
-from tests.helpers import PartitionProxy, ServerProcess, SignalLog  # noqa: E402
+from tests.helpers import PartitionProxy, ServerProcess, SignalLog, forgetSenders  # noqa: E402
 
 
 async def restarts(reactor, n: int, **clientOptions) -> list[float]:
@@ -98,4 +98,7 @@ async def main(reactor, argv=None) -> None:
 
 
 if __name__ == "__main__":
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1:])))
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1:])))
+    finally:
+        forgetSenders()

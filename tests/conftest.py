@@ -66,10 +66,6 @@ async def served():
 
 
 def pytest_unconfigure(config):
-    # pydispatcher's weak sender references call back into the module during
-    # interpreter shutdown ("NoneType is not callable"); drop them first.
-    from pydispatch import dispatcher
+    from tests.helpers import forgetSenders
 
-    dispatcher.connections.clear()
-    dispatcher.senders.clear()
-    dispatcher.sendersBack.clear()
+    forgetSenders()

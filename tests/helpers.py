@@ -117,6 +117,16 @@ class SignalLog:
         dispatcher.disconnect(self, signal=self.signal, sender=self.sender)
 
 
+def forgetSenders() -> None:
+    """
+    Drop pydispatcher's weak sender references, whose callbacks otherwise run
+    into a half-torn-down module at interpreter exit.
+    """
+    dispatcher.connections.clear()
+    dispatcher.senders.clear()
+    dispatcher.sendersBack.clear()
+
+
 class _Pipe(protocol.Protocol):
     peer: _Pipe | None = None
 
