@@ -1,28 +1,32 @@
 # Two commands on a fresh machine (Python 3.11+ with venv):
 #   make demo   installs aurora into .venv and runs the tour
-#   make test   installs the test extras into .venv and runs the tests
+#   make test   installs aurora and the test extras into .venv and runs the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Twisted finds plugins in site-packages/twisted/plugins; rebuild its cache.
+DROPIN := $(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
-.PHONY: demo test clean
+.PHONY: demo test install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-test: $(BIN)/python setup.py pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.deps: $(BIN)/python setup.py pyproject.toml
+	$(BIN)/python -m pip install --quiet '.[test]'
 	touch $@
 
-$(VENV)/.installed: $(BIN)/python setup.py pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
-	touch $@
+# A plain (not editable) install of the working tree, every time: the tests
+# run twistd and relay processes from the installed package, as a user would.
+install: $(VENV)/.deps
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall .
+	$(DROPIN)
 
-demo: $(VENV)/.installed
+demo: install
 	cd examples && ../$(BIN)/python tour.py
 
-test: $(VENV)/.installed-test
+test: install
 	$(BIN)/python -m pytest
 
 clean:

@@ -7,7 +7,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["aurora", "aurora.*"]),
+    # twisted.plugins carries the `twistd registry` plugin (no __init__.py:
+    # the package is Twisted's own).
+    packages=find_packages(include=["aurora", "aurora.*"]) + ["twisted.plugins"],
+    entry_points={"console_scripts": ["aurora = aurora.cli:main"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "zope.interface>=6",

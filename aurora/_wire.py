@@ -124,6 +124,15 @@ class Broker(pb.Broker):
         self.transport.registerProducer(self.flow, True)
         super().connectionMade()
 
+    def close(self) -> None:
+        """
+        Close the connection.  Use this rather than the transport's own
+        loseConnection: TLS waits for the transport's producer (the L{Flow})
+        to be unregistered before it shuts down, forever otherwise.
+        """
+        self.transport.loseConnection()
+        self.transport.unregisterProducer()
+
     def registerPageProducer(self, pager: Any) -> None:
         raise NotImplementedError(
             "aurora connections do not carry PB pagers: their transport's "

@@ -137,6 +137,7 @@ class Client:
         self._root = Wrapper(None, (IRegistryService.__identifier__,), self.factory)
         self._registry = Registry(self._root)
         self._up = False
+        self._broker: Any = None
         self._waiters: list[defer.Deferred] = []
         self._fatal: Failure | None = None
         self._stopped: defer.Deferred | None = None
@@ -202,6 +203,7 @@ class Client:
         defer.ensureDeferred(self._connect(proto._protocol))
 
     async def _connect(self, broker: Any) -> None:
+        self._broker = broker
         broker.notifyOnDisconnect(self._lost)
         if self._timeout:
             broker.watch(self._timeout, self._heartbeat, self._ping)
@@ -225,7 +227,7 @@ class Client:
             if not broker.disconnected:
                 self.log.failure("resync with {endpoint} failed; reconnecting",
                                  endpoint=self._description)
-                broker.transport.loseConnection()
+                broker.close()
             return
         if broker.disconnected:
             return
@@ -320,6 +322,10 @@ class Client:
         if self._stopped is None:
             self._stopped = self._service.stopService() if self._service.running \
                 else defer.succeed(None)
+            if self._broker is not None and self._broker.transport is not None:
+                # ClientService called loseConnection; TLS then also waits for
+                # the producer to go (see Broker.close).
+                self._broker.transport.unregisterProducer()
         # Every caller gets its own Deferred firing when the one stop is done.
         done: defer.Deferred = defer.Deferred()
         self._stopped.addBoth(lambda r: (done.callback(None), r)[1])

@@ -23,6 +23,8 @@ from aurora.remoteable import Manager
 class RegistryService(Manager):
     """One connection's view of the published registry (its PB root)."""
 
+    log = Logger()
+
     def __init__(self, registry: Any, broker: Any, maxReferenceLimit: int) -> None:
         self._registry = registry
         self._broker = broker
@@ -30,6 +32,8 @@ class RegistryService(Manager):
 
     def hello(self, peer: Any) -> dict[str, Any]:
         _wire.checkVersion(peer, "client")
+        self.log.info("client {peer} connected (aurora {version})",
+                      peer=self._broker.transport.getPeer(), version=peer.get("aurora"))
         timeout = peer.get("timeout")
         if isinstance(timeout, (int, float)) and timeout > 0:
             # The client pings more often than this; silence means it is gone
@@ -116,15 +120,23 @@ class Server:
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
+            address = port.getHost()
             self.log.info("aurora serving {registry!r} on {address}",
-                          registry=self._registry, address=port.getHost())
+                          registry=self._registry, address=address,
+                          port=getattr(address, "port", None))
             return port
 
         return endpoint.listen(self.factory).addCallback(listening)
 
     def _connected(self, broker: Any) -> RegistryService:
+        # Called from buildProtocol: there is no transport yet.
         self._brokers.add(broker)
-        broker.notifyOnDisconnect(lambda: self._brokers.discard(broker))
+
+        def gone() -> None:
+            self._brokers.discard(broker)
+            self.log.info("client {peer} disconnected", peer=broker.transport.getPeer())
+
+        broker.notifyOnDisconnect(gone)
         broker.referenceLimit = self._referenceLimit
         return RegistryService(self._registry, broker, self._maxReferenceLimit)
 
@@ -135,7 +147,7 @@ class Server:
         for broker in list(self._brokers):
             done: defer.Deferred = defer.Deferred()
             broker.notifyOnDisconnect(lambda d=done: d.callback(None))
-            broker.transport.loseConnection()
+            broker.close()
             stopped.append(done)
         return defer.gatherResults(stopped, consumeErrors=True).addCallback(
             lambda _: None

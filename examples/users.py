@@ -105,3 +105,10 @@ class UserManager(Manager):
 
     def close(self) -> None:
         self.pool.close()
+
+
+async def register(registry) -> None:
+    """The twistd --setup hook: ``twistd -n registry --setup users:register``."""
+    manager = UserManager()
+    await manager.setUp()
+    registry.register(IUserManager, manager)

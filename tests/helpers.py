@@ -197,3 +197,92 @@ class PartitionProxy:
             pipe.transport.loseConnection()
             closing.append(d)
         await defer.gatherResults(closing)
+
+
+BIN = os.path.dirname(sys.executable)
+
+
+class TwistdProcess(protocol.ProcessProtocol):
+    """
+    C{twistd -n registry ...} as a user runs it, logging JSON to stdout;
+    C{ready} fires with the first port it serves on, C{ended} with the reason
+    it ended.  Events are parsed as they arrive.
+    """
+
+    def __init__(self) -> None:
+        self.ready: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
+        self.buffer = b""
+        self.events: list[dict] = []
+        self.errors = b""
+        self.waiters: list[tuple[callable, defer.Deferred]] = []
+
+    @classmethod
+    def spawn(cls, *args: str, pythonpath: bool = True, cwd: str = ROOT,
+              wait: bool = True) -> TwistdProcess:
+        proc = cls()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        if pythonpath:
+            env["PYTHONPATH"] = ROOT
+        reactor.spawnProcess(
+            proc, os.path.join(BIN, "twistd"),
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=",
+             "--logger=aurora.tap.jsonLogger", "registry", *args],
+            env=env, path=cwd,
+        )
+        return proc
+
+    @classmethod
+    async def start(cls, *args: str, **kw) -> TwistdProcess:
+        proc = cls.spawn(*args, **kw)
+        proc.port = await proc.ready.addTimeout(30, reactor)
+        return proc
+
+    def outReceived(self, data: bytes) -> None:
+        import json
+
+        self.buffer += data
+        *records, self.buffer = self.buffer.split(b"\x1e")
+        for record in records:
+            if not record.strip():
+                continue
+            event = json.loads(record)
+            self.events.append(event)
+            if not self.ready.called and event.get("port") and \
+                    "aurora serving" in event.get("log_format", ""):
+                self.ready.callback(event["port"])
+            for match, d in list(self.waiters):
+                if match(event):
+                    self.waiters.remove((match, d))
+                    d.callback(event)
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def waitFor(self, text: str) -> defer.Deferred:
+        """The next event whose format contains C{text}."""
+        d: defer.Deferred = defer.Deferred()
+        self.waiters.append((lambda e: text in e.get("log_format", ""), d))
+        return d.addTimeout(30, reactor)
+
+    def formats(self) -> list[str]:
+        return [e.get("log_format", "") for e in self.events]
+
+    def processEnded(self, reason) -> None:
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(
+                "twistd ended before serving:\n" + self.errors.decode("utf-8", "replace")))
+        self.ended.callback(reason.value)  # ProcessDone or ProcessTerminated
+
+    async def kill(self, signal: str = "KILL") -> None:
+        if not self.ended.called:
+            self.transport.signalProcess(signal)
+        await self.ended
+
+
+async def runCommand(*argv: str, env: dict | None = None) -> tuple[bytes, bytes, int]:
+    """Run a command to its end without blocking the reactor."""
+    from twisted.internet import utils
+
+    return await utils.getProcessOutputAndValue(
+        argv[0], argv[1:], env=env if env is not None else os.environ.copy(), path="/")

@@ -1,0 +1,196 @@
+"""
+The operator's command line: C{aurora} (or C{python -m aurora}).
+
+    aurora ls ENDPOINT
+    aurora call ENDPOINT DOTTED.INTERFACE METHOD [JSON-ARG ...]
+    aurora watch ENDPOINT DOTTED.INTERFACE METHOD [JSON-ARG ...]
+
+ENDPOINT is a Twisted client endpoint string (C{tcp:127.0.0.1:8789},
+C{tls:host:8790:trustRoots=/etc/aurora/ca}).  The CLI needs none of the
+application's modules: interfaces arrive as descriptions and copies and
+models as opaque objects, printed as JSON of their declared fields.
+
+Exit status: 0 done; 2 bad usage or an argument that is not JSON; 3 no
+connection (refused, timed out, lost); 4 unknown interface or method; 5 the
+arguments do not fit the method; 6 the method raised an error; 1 anything
+else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import decimal
+import json
+import sys
+from typing import Any, TextIO
+
+from pydispatch import dispatcher
+from twisted.internet import defer, task
+
+from aurora import _schema, errors, signals
+from aurora.client import Client
+from aurora.remote import Wrapper
+from aurora.remoteable import Copyable, Model
+
+EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_CONNECTION, EXIT_UNKNOWN, EXIT_ARGUMENTS, \
+    EXIT_REMOTE = 0, 1, 2, 3, 4, 5, 6
+
+
+class _Failed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def toJSON(value: Any) -> Any:
+    """A JSON-ready form of anything that can arrive."""
+    if isinstance(value, (Copyable, Model, errors.Error)):
+        return {k: toJSON(v) for k, v in value._state().items()}
+    if isinstance(value, Wrapper):
+        return f"<manager {', '.join(value._names)}>"
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): toJSON(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [toJSON(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time, datetime.timedelta)):
+        return str(value) if isinstance(value, datetime.timedelta) else value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aurora", description="Look at and call an aurora registry.",
+        epilog="Exit status: 0 done, 2 usage or bad JSON, 3 no connection, "
+               "4 unknown interface or method, 5 arguments do not fit, "
+               "6 the method raised, 1 anything else.")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the connection and each call")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("ls", help="the interfaces offered, with their methods",
+                        description="e.g. aurora ls tcp:127.0.0.1:8789")
+    ls.add_argument("endpoint")
+    for name, text in (("call", "call a method; print its result as JSON"),
+                       ("watch", "fetch a model and print each change until Ctrl-C")):
+        p = sub.add_parser(name, help=text, description=(
+            f"e.g. aurora {name} tcp:127.0.0.1:8789 myapp.IUserManager "
+            f"getModel '\"alice\"'  (each argument is JSON)"))
+        p.add_argument("endpoint")
+        p.add_argument("interface")
+        p.add_argument("method")
+        p.add_argument("args", nargs="*", metavar="JSON-ARG")
+    return parser
+
+
+def _parseArgs(raw: list[str]) -> list[Any]:
+    values = []
+    for text in raw:
+        try:
+            values.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise _Failed(EXIT_USAGE, f"argument {text!r} is not JSON: {e}") from None
+    return values
+
+
+def _status(e: BaseException) -> int:
+    if isinstance(e, (errors.ConnectionFailed, errors.ConnectionLost)):
+        return EXIT_CONNECTION
+    if isinstance(e, (errors.UnknownInterface, errors.NoSuchMethod)):
+        return EXIT_UNKNOWN
+    if isinstance(e, errors.BadArguments):
+        return EXIT_ARGUMENTS
+    if isinstance(e, errors.Error):
+        return EXIT_REMOTE
+    return EXIT_OTHER
+
+
+async def _ls(registry: Any, out: TextIO) -> None:
+    for name in await registry.interfaces():
+        manager = await registry.getManager(name)
+        iface = _schema.findInterface(manager, name)
+        out.write(f"{name}\n")
+        if iface is None:
+            continue
+        for method, desc in sorted(_schema.methodsOf(iface).items()):
+            doc = (desc.getDoc() or "").strip().splitlines()
+            first = f"  {doc[0]}" if doc else ""
+            out.write(f"  {method}{desc.getSignatureString()}{first}\n")
+
+
+async def _call(registry: Any, args: argparse.Namespace, values: list[Any]) -> Any:
+    manager = await registry.getManager(args.interface)
+    return await manager.callRemote(args.method, *values)
+
+
+async def _watch(client: Client, registry: Any, args: argparse.Namespace,
+                 values: list[Any], out: TextIO) -> None:
+    model = await _call(registry, args, values)
+    if not isinstance(model, Model):
+        raise _Failed(EXIT_OTHER, f"{args.interface}.{args.method} returned "
+                                  f"{type(model).__name__}, not a model")
+
+    def changed(name: str, value: Any, old: Any) -> None:
+        out.write(json.dumps({"name": name, "value": toJSON(value),
+                              "old": toJSON(old)}) + "\n")
+        out.flush()
+
+    def down() -> None:
+        sys.stderr.write("aurora: connection lost; reconnecting\n")
+
+    dispatcher.connect(changed, signal=signals.changed, sender=model, weak=False)
+    dispatcher.connect(down, signal=signals.disconnected, sender=client, weak=False)
+    out.write(json.dumps(toJSON(model)) + "\n")
+    out.flush()
+    await defer.Deferred()  # until Ctrl-C; the client reconnects by itself
+
+
+async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
+    """Run one command; the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    client = Client(args.endpoint, connectTimeout=args.timeout,
+                    callTimeout=args.timeout, opaque=True, reactor=reactor)
+    try:
+        values = _parseArgs(getattr(args, "args", []))
+        registry = await client.getRegistry()
+        if args.command == "ls":
+            await _ls(registry, out)
+        elif args.command == "call":
+            result = await _call(registry, args, values)
+            out.write(json.dumps(toJSON(result)) + "\n")
+        else:
+            await _watch(client, registry, args, values, out)
+        return EXIT_OK
+    except _Failed as e:
+        sys.stderr.write(f"aurora: {e}\n")
+        return e.status
+    except Exception as e:
+        # An application error the CLI has no class for still has its name.
+        label = e.typeName.rpartition(".")[2] if isinstance(e, errors.Error) \
+            else type(e).__name__
+        sys.stderr.write(f"aurora: {label}: {e}\n")
+        return _status(e)
+    finally:
+        await client.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The C{aurora} console script."""
+    argv = sys.argv[1:] if argv is None else argv
+
+    async def go(reactor: Any) -> None:
+        status = await run(reactor, argv)
+        if status:
+            raise SystemExit(status)
+
+    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))

@@ -1,0 +1,276 @@
+"""
+The C{twistd registry} plugin: options and the service it runs.
+
+    twistd -n registry --listen tcp:8789:interface=127.0.0.1 --setup myapp.setup:register
+    twistd -n registry --upstream tcp:origin:8789 --listen tcp:8790
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tomllib
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import Logger, jsonFileLogObserver
+from twisted.python import usage
+
+from aurora.registry import Registry
+from aurora.relay import CompositeRegistry, Relay
+from aurora.server import Server
+
+_DEFAULT_LISTEN = "tcp:8789:interface=127.0.0.1"
+
+# name in the TOML file -> (option, kind)
+_CONFIG_KEYS = {
+    "listen": "list", "setup": "list", "upstream": "str", "allow": "list",
+    "heartbeat": "float",
+}
+
+
+def _fail(problem: str) -> None:
+    # One line and a non-zero exit: twistd would otherwise print the whole
+    # usage text (for UsageError) or a traceback (for anything else).
+    raise SystemExit(f"twistd registry: {problem}")
+
+
+class Options(usage.Options):
+    synopsis = "[--listen ENDPOINT]... [--setup MODULE:CALLABLE]... [--upstream ENDPOINT]"
+    examples = """\
+Runs an aurora registry server, or a relay of an upstream registry.
+
+Examples:
+  twistd -n registry --listen tcp:8789:interface=127.0.0.1 --setup myapp.setup:register
+      serve the managers that myapp.setup.register(registry) registers
+  twistd -n registry --listen ssl:8790:privateKey=key.pem:certKey=cert.pem --setup ...
+      the same over TLS (see the README for the whole recipe)
+  twistd -n registry --upstream tcp:origin.example:8789 --listen tcp:8790 \\
+         --allow myapp.interfaces.IUserManager
+      a relay re-publishing one interface of an upstream registry
+  twistd -n registry --config /etc/aurora/registry.toml
+      the same settings from a TOML file; options given here win
+
+--listen and --setup and --allow may be given more than once.  --setup names a
+callable that receives the Registry and registers managers (it may return a
+Deferred); managers that provide twisted.application.service.IService are
+started before the registry listens and stopped, in reverse order, after it
+stops listening.
+"""
+
+    def getUsage(self, width: int | None = None) -> str:
+        # usage.Options reflows longdesc into one paragraph; keep the layout.
+        return super().getUsage(width) + "\n" + self.examples
+
+    optParameters = [
+        ["upstream", "u", None,
+         "client endpoint of an upstream registry: run as a relay "
+         "(e.g. tcp:origin.example:8789)"],
+        ["heartbeat", None, None,
+         "seconds between the relay client's heartbeats (default 5)", float],
+        ["config", "c", None, "a TOML file with the same settings (e.g. registry.toml)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["setup"] = []
+        self["allow"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """server endpoint to listen on, repeatable (default tcp:8789:interface=127.0.0.1)"""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_setup(self, name: str) -> None:
+        """MODULE:CALLABLE that registers managers, repeatable (e.g. myapp.setup:register)"""
+        self["setup"].append(name)
+
+    opt_s = opt_setup
+
+    def opt_allow(self, name: str) -> None:
+        """dotted interface name a relay re-publishes, repeatable (default: all)"""
+        self["allow"].append(name)
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            self._readConfig(self["config"])
+        if not self["listen"]:
+            self["listen"] = [_DEFAULT_LISTEN]
+        if self["heartbeat"] is None:
+            self["heartbeat"] = 5.0
+        from twisted.internet import reactor
+
+        for endpoint in self["listen"]:
+            try:
+                serverFromString(reactor, endpoint)
+            except Exception as e:
+                _fail(f"bad --listen endpoint {endpoint!r}: {e}")
+        if self["upstream"]:
+            try:
+                clientFromString(reactor, self["upstream"])
+            except Exception as e:
+                _fail(f"bad --upstream endpoint {self['upstream']!r}: {e}")
+        elif self["allow"]:
+            _fail("--allow restricts what a relay re-publishes: it needs --upstream")
+        self["setupCallables"] = [_importCallable(name) for name in self["setup"]]
+
+    def _readConfig(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                config = tomllib.load(f)
+        except OSError as e:
+            _fail(f"cannot read --config {path}: {e.strerror}")
+        except tomllib.TOMLDecodeError as e:
+            _fail(f"--config {path} is not valid TOML: {e}")
+        for key, value in config.items():
+            kind = _CONFIG_KEYS.get(key)
+            if kind is None:
+                _fail(f"--config {path}: unknown setting {key!r} "
+                      f"(known: {', '.join(sorted(_CONFIG_KEYS))})")
+            if kind == "list":
+                value = [value] if isinstance(value, str) else value
+                if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    _fail(f"--config {path}: {key} must be a string or a list of strings")
+                if not self[key]:  # the command line wins
+                    self[key] = value
+            elif kind == "float":
+                if not isinstance(value, (int, float)):
+                    _fail(f"--config {path}: {key} must be a number")
+                if self[key] is None:
+                    self[key] = float(value)
+            else:
+                if not isinstance(value, str):
+                    _fail(f"--config {path}: {key} must be a string")
+                if self[key] is None:
+                    self[key] = value
+
+
+def _importCallable(name: str) -> Callable[[Registry], Any]:
+    module, _, attr = name.partition(":")
+    if not module or not attr:
+        _fail(f"--setup {name!r} must be MODULE:CALLABLE, e.g. myapp.setup:register")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like python -m: the current directory
+    try:
+        obj = importlib.import_module(module)
+    except Exception as e:
+        _fail(f"--setup {name}: cannot import {module}: {type(e).__name__}: {e}")
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not callable(obj):
+        _fail(f"--setup {name}: {module} has no callable {attr!r}")
+    return obj
+
+
+class RegistryService(service.Service):
+    """
+    Runs the registry: setup callables, then IService managers, then the
+    listening ports; on stop, the reverse (ports and connections first, so
+    clients see the disconnect at once, then managers, awaited).
+    """
+
+    log = Logger()
+
+    def __init__(self, options: Options, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.options = options
+        self.local = Registry()
+        self.relay: Relay | None = None
+        if options["upstream"]:
+            self.relay = Relay(options["upstream"], allow=options["allow"] or None,
+                               local=self.local,
+                               clientOptions={"heartbeat": options["heartbeat"]},
+                               reactor=reactor)
+            self.server = self.relay.server
+        else:
+            self.server = Server(self.local, reactor=reactor)
+        self.managers: list[service.IService] = []
+        self.ports: list[Any] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = defer.ensureDeferred(self._start())
+        self._starting.addErrback(self._startFailed)
+
+    async def _start(self) -> None:
+        for name, setup in zip(self.options["setup"], self.options["setupCallables"]):
+            self.log.info("running setup {setup}", setup=name)
+            try:
+                await defer.maybeDeferred(setup, self.local)
+            except Exception as e:
+                raise _StartError(f"--setup {name} failed: {type(e).__name__}: {e}")
+        for manager in self._lifecycleManagers():
+            self.log.info("starting manager {manager!r}", manager=manager)
+            manager.startService()
+            self.managers.append(manager)
+        if self.relay is not None:
+            self.relay.client.start()
+            self.log.info("relaying {upstream}", upstream=self.options["upstream"])
+        for endpoint in self.options["listen"]:
+            try:
+                self.ports.append(await self.server.listen(endpoint))
+            except Exception as e:
+                raise _StartError(f"cannot listen on {endpoint}: {e}")
+        self.log.info("registry ready: {interfaces}",
+                      interfaces=sorted(self.local._managers))
+
+    def _lifecycleManagers(self) -> list[service.IService]:
+        seen: list[Any] = []
+        for manager in self.local._managers.values():
+            if service.IService.providedBy(manager) and manager not in seen:
+                seen.append(manager)
+        return seen
+
+    def _startFailed(self, failure: Any) -> None:
+        problem = failure.value if failure.check(_StartError) else failure.getErrorMessage()
+        if not failure.check(_StartError):
+            self.log.failure("starting the registry failed", failure)
+        self.log.critical("twistd registry: {problem}", problem=str(problem))
+        # twistd captures sys.stderr into its log; the operator reads this line.
+        sys.__stderr__.write(f"twistd registry: {problem}\n")
+        # twistd has no way to set its exit status: leave with 1 once the
+        # reactor has shut down cleanly.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        # Maybe still inside startService, before the reactor runs.
+        self.reactor.callLater(0, self.reactor.stop)
+
+    async def _stop(self) -> None:
+        await self.server.stop()  # ports, then every client connection
+        if self.relay is not None:
+            await self.relay.client.stop()
+        for manager in reversed(self.managers):
+            self.log.info("stopping manager {manager!r}", manager=manager)
+            try:
+                await defer.maybeDeferred(manager.stopService)
+            except Exception:
+                self.log.failure("stopping {manager!r} failed", manager=manager)
+        self.managers = []
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+
+class _StartError(Exception):
+    pass
+
+
+def makeService(options: Options) -> service.IService:
+    return RegistryService(options)
+
+
+def jsonLogger() -> Any:
+    """
+    For C{twistd --logger=aurora.tap.jsonLogger}: structured events as JSON
+    records on standard output (read them back with
+    C{twisted.logger.eventsFromJSONLogFile}).
+    """
+    return jsonFileLogObserver(sys.stdout)
+

@@ -1,0 +1,281 @@
+"""
+`twistd registry` and the `aurora` CLI, run as subprocesses exactly as a
+user runs them, from the installed package (`make test` installs it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+
+from aurora import Client, errors, signals
+from tests.app import IAdmin, IUserManager
+from tests.helpers import BIN, ROOT, SignalLog, TwistdProcess, runCommand
+from tests.twistd_setup import IPoller
+
+SETUP = "tests.twistd_setup:register"
+
+
+def aurora(*args: str):
+    return runCommand(os.path.join(BIN, "aurora"), *args)
+
+
+@pytest_twisted.async_yield_fixture()
+async def registryProcess():
+    proc = await TwistdProcess.start(
+        "--listen", "tcp:0:interface=127.0.0.1", "--setup", SETUP)
+    yield proc
+    await proc.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_serverAndRelayDrivenByClientAndCLI(registryProcess, tmp_path):
+    relay = await TwistdProcess.start(
+        "--upstream", f"tcp:127.0.0.1:{registryProcess.port}",
+        "--listen", "tcp:0:interface=127.0.0.1", "--heartbeat", "1",
+        "--allow", "tests.app.IUserManager", "--allow", "tests.twistd_setup.IPoller",
+        pythonpath=False, cwd=str(tmp_path))
+    client = Client(f"tcp:127.0.0.1:{relay.port}", heartbeat=None)
+    try:
+        registry = await client.getRegistry()
+        assert await registry.interfaces() == [
+            "tests.app.IUserManager", "tests.twistd_setup.IPoller"]
+        users = await registry.getManager(IUserManager)
+        assert (await users.getUser("alice")).email == "alice@example.org"
+        assert await (await registry.getManager(IPoller)).polls() > 0
+
+        endpoint = f"tcp:127.0.0.1:{relay.port}"
+        out, err, code = await aurora("ls", endpoint)
+        assert code == 0, err
+        listing = out.decode()
+        assert "tests.app.IUserManager\n" in listing
+        assert "  getUser(name)  The User called C{name}." in listing
+        assert "tests.app.IAdmin" not in listing  # not allowed by the relay
+
+        out, err, code = await aurora("call", endpoint, "tests.app.IUserManager",
+                                      "getModels", '["alice", "bob"]')
+        assert code == 0, err
+        assert json.loads(out) == {"alice": {"name": "alice", "online": False},
+                                   "bob": {"name": "bob", "online": False}}
+
+        out, err, code = await aurora("call", endpoint, "tests.app.IAdmin", "ping")
+        assert (code, err.decode().count("\n")) == (4, 1)
+        assert "UnknownInterface" in err.decode() and "tests.app.IAdmin" in err.decode()
+        out, err, code = await aurora("call", endpoint, "tests.app.IUserManager",
+                                      "getUser", "alice")
+        assert code == 2 and "is not JSON" in err.decode()
+        out, err, code = await aurora("call", endpoint, "tests.app.IUserManager",
+                                      "getUser")
+        assert code == 5 and "BadArguments" in err.decode()
+        out, err, code = await aurora("call", endpoint, "tests.app.IUserManager",
+                                      "fail", '"app"')
+        assert code == 6 and "NotAllowed: alice may not" in err.decode()
+        out, err, code = await aurora("--timeout", "2", "ls", "tcp:127.0.0.1:1")
+        assert code == 3 and "refused" in err.decode()
+        assert b"Traceback" not in err
+    finally:
+        await client.stop()
+        await relay.kill()
+
+
+class LineReader(protocol.ProcessProtocol):
+    def __init__(self):
+        self.lines, self.buffer = [], b""
+        self.waiting: list[defer.Deferred] = []
+        self.ended = defer.Deferred()
+        self.errors = b""
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            self.lines.append(json.loads(line))
+            waiting, self.waiting = self.waiting, []
+            for d in waiting:
+                d.callback(self.lines[-1])
+
+    def errReceived(self, data):
+        self.errors += data
+
+    def next(self):
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d.addTimeout(30, reactor)
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_watchKeepsWatchingAcrossReconnects(registryProcess):
+    watcher = LineReader()
+    first = watcher.next()
+    reactor.spawnProcess(watcher, os.path.join(BIN, "aurora"), [
+        "aurora", "watch", f"tcp:127.0.0.1:{registryProcess.port}",
+        "tests.app.IUserManager", "getModel", '"alice"'], env=os.environ.copy())
+    client = Client(f"tcp:127.0.0.1:{registryProcess.port}", heartbeat=None,
+                    reconnectDelay=0.05, maxReconnectDelay=0.2)
+    server = registryProcess
+    try:
+        assert await first == {"name": "alice", "online": False}
+        users = await (await client.getRegistry()).getManager(IUserManager)
+        change = watcher.next()
+        await users.setOnline("alice", True)
+        assert await change == {"name": "online", "value": True, "old": False}
+        # Restarted, the server has alice offline again: the watcher resyncs.
+        change = watcher.next()
+        await server.kill()
+        server = await TwistdProcess.start(
+            "--listen", f"tcp:{server.port}:interface=127.0.0.1", "--setup", SETUP)
+        assert await change == {"name": "online", "value": False, "old": True}
+        watcher.transport.signalProcess("INT")
+        await watcher.ended
+        assert b"Traceback" not in watcher.errors
+    finally:
+        await client.stop()
+        if not watcher.ended.called:
+            watcher.transport.signalProcess("KILL")
+            await watcher.ended
+        await server.kill()
+
+
+def makeCertificate(directory) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
+    keyPath.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    trust = directory / "trust"
+    trust.mkdir()
+    (trust / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(keyPath), str(certPath)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsRecipe(tmp_path):
+    key, cert = makeCertificate(tmp_path)
+    server = await TwistdProcess.start(
+        "--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
+        "--setup", SETUP)
+    trusted = Client(f"tls:localhost:{server.port}:trustRoots={tmp_path / 'trust'}",
+                     heartbeat=None)
+    untrusted = Client(f"tls:localhost:{server.port}", heartbeat=None,
+                       connectTimeout=3)
+    try:
+        users = await (await trusted.getRegistry()).getManager(IUserManager)
+        assert await users.echo("over TLS") == "over TLS"
+        peer = trusted._root._ref.broker.transport.getPeerCertificate()
+        assert peer.get_subject().CN == "localhost"
+        # A client that does not trust the certificate never gets a registry.
+        with pytest.raises(errors.ConnectionFailed):
+            await untrusted.getRegistry()
+    finally:
+        await trusted.stop()
+        await untrusted.stop()
+        await server.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_help():
+    out, err, code = await runCommand(os.path.join(BIN, "twistd"), "registry", "--help")
+    text = out.decode()
+    assert code == 0
+    for option in ("--listen", "--setup", "--upstream", "--allow", "--heartbeat",
+                   "--config", "Examples:", "twistd -n registry --upstream"):
+        assert option in text
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--listen", "bogus:1"], "bad --listen endpoint 'bogus:1'"),
+    (["--upstream", "nonsense:x"], "bad --upstream endpoint"),
+    (["--setup", "no_such_module_here:f"], "cannot import no_such_module_here"),
+    (["--setup", "tests.twistd_setup:missing"], "has no callable 'missing'"),
+    (["--setup", "tests.twistd_setup"], "must be MODULE:CALLABLE"),
+    (["--allow", "tests.app.IAdmin"], "needs --upstream"),
+    (["--config", "/nonexistent/registry.toml"], "cannot read --config"),
+    (["--setup", "tests.twistd_setup:broken"],
+     "--setup tests.twistd_setup:broken failed: ValueError: the database is not there"),
+    (["--setup", "tests.twistd_setup:brokenLater"], "RuntimeError: late failure"),
+])
+@pytest_twisted.ensureDeferred
+async def test_badOptionsStopWithOneLine(args, words):
+    out, err, code = await runCommand(
+        os.path.join(BIN, "twistd"), "-n", "--pidfile=", "registry",
+        "--listen", "tcp:0:interface=127.0.0.1", *args,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    assert code != 0
+    assert words in err.decode()
+    assert b"Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_configFileAndCommandLineWins(tmp_path):
+    config = tmp_path / "registry.toml"
+    config.write_text(
+        'listen = ["tcp:0:interface=127.0.0.1"]\n'
+        'setup = ["tests.twistd_setup:registerLater"]\n')
+    server = await TwistdProcess.start("--config", str(config))
+    other = await TwistdProcess.start("--config", str(config), "--setup", SETUP)
+    clients = [Client(f"tcp:127.0.0.1:{p.port}", heartbeat=None) for p in (server, other)]
+    try:
+        assert await (await clients[0].getRegistry()).interfaces() == ["tests.app.IAdmin"]
+        assert "tests.twistd_setup.IPoller" in await (
+            await clients[1].getRegistry()).interfaces()
+    finally:
+        for c in clients:
+            await c.stop()
+        await server.kill()
+        await other.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigtermStopsCleanly(registryProcess):
+    formats = registryProcess.formats()
+    assert formats.index("poller started") < next(
+        i for i, f in enumerate(formats) if f.startswith("aurora serving"))
+    client = Client(f"tcp:127.0.0.1:{registryProcess.port}", heartbeat=None,
+                    reconnectDelay=5)
+    lost = SignalLog(signals.disconnected, client)
+    try:
+        await client.getRegistry()
+        down = lost.next()
+        started = reactor.seconds()
+        registryProcess.transport.signalProcess("TERM")
+        await down
+        assert reactor.seconds() - started < 2.0
+        ended = await registryProcess.ended
+        assert ended.signal == 15  # twistd re-raises SIGTERM when done
+        formats = registryProcess.formats()
+        closed = next(i for i, f in enumerate(formats) if "disconnected" in f)
+        assert closed < formats.index("stopping manager {manager!r}")
+        assert formats.index("stopping manager {manager!r}") < formats.index(
+            "poller stopped")
+    finally:
+        lost.close()
+        await client.stop()
