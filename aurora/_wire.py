@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
+from twisted.spread.flavors import RemoteCacheObserver
 
 from aurora import _types
 from aurora._version import __version__
@@ -114,12 +115,14 @@ class Broker(pb.Broker):
 
     lastReceived = 0.0
     _watch: Any = None
+    _isReady = False
     referenceLimit = pb.MAX_BROKER_REFS
     flow: Flow | None = None
 
     def connectionMade(self) -> None:
         self.lastReceived = self.factory.clock.seconds()
         self.describedInterfaces: set[str] = set()
+        self._readyWaiters: list[defer.Deferred] = []
         self.flow = Flow(self, self.factory.clock, **self.factory.flowLimits)
         self.transport.registerProducer(self.flow, True)
         super().connectionMade()
@@ -150,26 +153,92 @@ class Broker(pb.Broker):
             luid = self.newLocalID()
             self.localObjects[luid] = pb.Local(object)
             self.luids[puid] = luid
+            self._record("ref", luid, puid, True)
         else:
             self.localObjects[luid].incref()
+            self._record("ref", luid, puid, False)
         return luid
 
     def cacheRemotely(self, instance: Any) -> Any:
         if len(self.remotelyCachedObjects) >= self.referenceLimit:
             raise _tooManyReferences(self.referenceLimit)
         luid = self.newLocalID()
-        self.remotelyCachedLUIDs[instance.processUniqueID()] = luid
+        puid = instance.processUniqueID()
+        self.remotelyCachedLUIDs[puid] = luid
         self.remotelyCachedObjects[luid] = pb.Local(instance, self.serializingPerspective)
+        self._record("cache", luid, puid, True)
         return luid
+
+    def cachedRemotelyAs(self, instance: Any, incref: int = 0) -> Any:
+        luid = super().cachedRemotelyAs(instance, incref)
+        if luid is not None and incref:
+            self._record("cache", luid, instance.processUniqueID(), False)
+        return luid
+
+    # A message that fails half-way (a later value cannot be jellied, or is
+    # over banana's limit) must not leave behind the references and model
+    # observations its earlier values registered: the peer never learns of
+    # them, and would be told "cached" for a model it never got.
+    _txn: list[tuple[str, Any, Any, bool]] | None = None
+    _lastTxn: list[tuple[str, Any, Any, bool]] = []
+
+    def _record(self, kind: str, luid: Any, puid: Any, new: bool) -> None:
+        if self._txn is not None:
+            self._txn.append((kind, luid, puid, new))
+
+    def _undo(self, txn: list[tuple[str, Any, Any, bool]]) -> None:
+        if self.disconnected:
+            return
+        for kind, luid, puid, new in reversed(txn):
+            if kind == "ref":
+                if new:
+                    self.localObjects.pop(luid, None)
+                    self.luids.pop(puid, None)
+                elif luid in self.localObjects:
+                    self.localObjects[luid].decref()
+            elif new:
+                lobj = self.remotelyCachedObjects.pop(luid, None)
+                self.remotelyCachedLUIDs.pop(puid, None)
+                if lobj is not None:
+                    lobj.object.stoppedObserving(
+                        lobj.perspective,
+                        RemoteCacheObserver(self, lobj.object, lobj.perspective))
+            elif luid in self.remotelyCachedObjects:
+                self.remotelyCachedObjects[luid].decref()
 
     def dataReceived(self, chunk: bytes) -> None:
         self.lastReceived = self.factory.clock.seconds()
         super().dataReceived(chunk)
 
+    def connectionReady(self) -> None:
+        super().connectionReady()
+        self._isReady = True
+        waiting, self._readyWaiters = self._readyWaiters, []
+        for d in waiting:
+            d.callback(self.remoteForName("root"))
+
+    def whenReady(self) -> defer.Deferred:
+        """
+        The peer's root object, once PB's version exchange on I{this}
+        connection is done; fails if this connection is lost first.  (PB's
+        factory.getRootObject queues for whichever connection comes next and
+        never fails over endpoints.)
+        """
+        if self._isReady and not self.disconnected:
+            return defer.succeed(self.remoteForName("root"))
+        if self.disconnected:
+            return defer.fail(pb.PBConnectionLost("connection lost before it was ready"))
+        d: defer.Deferred = defer.Deferred()
+        self._readyWaiters.append(d)
+        return d
+
     def connectionLost(self, reason: Any) -> None:
         if self._watch is not None:
             self._watch.stop()
+        waiting, self._readyWaiters = self._readyWaiters, []
         super().connectionLost(reason)
+        for d in waiting:
+            d.errback(pb.PBConnectionLost("connection lost before it was ready"))
 
     def watch(self, timeout: float, interval: float | None = None,
               ping: Callable[[], Any] | None = None) -> None:
@@ -184,27 +253,48 @@ class Broker(pb.Broker):
 
     def serialize(self, object: Any, perspective: Any = None, method: Any = None,
                   args: Any = None, kw: Any = None) -> Any:
+        outer, txn = self._txn, []
+        self._txn = txn
         try:
-            return super().serialize(object, perspective, method, args, kw)
-        except (jelly.InsecureJelly, NotImplementedError) as e:
-            raise SerializationError(_describeUnsendable(e)) from None
+            result = super().serialize(object, perspective, method, args, kw)
+        except Exception as e:
+            self._undo(txn)
+            if isinstance(e, (jelly.InsecureJelly, NotImplementedError)):
+                raise SerializationError(_describeUnsendable(e)) from None
+            raise
+        finally:
+            self._txn = outer
+        if outer is not None:
+            outer.extend(txn)
+        self._lastTxn = txn
+        return result
 
     def _sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
                      message: bytes, args: Any, kw: Any) -> Any:
+        txn: list[tuple[str, Any, Any, bool]] = []
+        self._txn = txn
         try:
-            return super()._sendMessage(prefix, perspective, objectID, message,
-                                        args, kw)
+            result = super()._sendMessage(prefix, perspective, objectID, message,
+                                          args, kw)
         except banana.BananaError as e:
             # Raised while encoding, after the answer Deferred was registered
             # under the newest request ID: without this it would never fire.
             self.waitingForAnswers.pop(self.currentRequestID, None)
+            self._undo(txn)
             return defer.fail(_unencodable(e))
+        finally:
+            self._txn = None
+        if isinstance(result, defer.Deferred) and result.called and \
+                isinstance(result.result, Failure):
+            self._undo(txn)  # the keywords failed after the arguments went in
+        return result
 
     def _sendAnswer(self, netResult: Any, requestID: int) -> None:
         try:
             super()._sendAnswer(netResult, requestID)
         except banana.BananaError as e:
             # Stock PB lets this escape dataReceived and drops the connection.
+            self._undo(self._lastTxn)
             self._sendError(_unencodable(e), requestID)
 
     def proto_answer(self, requestID: int, netResult: Any) -> None:
@@ -331,6 +421,11 @@ class Flow:
     def stopProducing(self) -> None:
         self.pending.clear()
 
+    def forget(self, model: Any) -> None:
+        """C{model} is no longer observed here: drop what waits for it."""
+        for key in [k for k in self.pending if k[0] is model]:
+            del self.pending[key]
+
     def hold(self, model: Any, observer: Any, name: str, value: Any) -> None:
         """Keep C{model.name = value} until the peer catches up."""
         self.pending[(model, name)] = (observer, value)
@@ -363,10 +458,15 @@ def _unencodable(e: Exception) -> Exception:
 
 
 def _unreadable(e: Exception) -> SerializationError:
+    if isinstance(e, KeyError):
+        what = f"a reference to an object this side does not know (id {e})"
+    elif isinstance(e, jelly.InsecureJelly):
+        what = f"a type that is not declared here ({e})"
+    else:
+        what = f"{type(e).__name__}: {e}"
     return SerializationError(
-        f"the peer sent a value this process cannot accept ({e}): an "
-        "undeclared type, or a class this process has not imported"
-    )
+        f"the peer sent a value this process cannot accept: {what}; a type "
+        "must be declared (imported) on both sides")
 
 
 def _receiveRef(unjellier: Any, sexp: list) -> Any:
@@ -413,6 +513,8 @@ class ClientFactory(pb.PBClientFactory):
         self.clock = clock
         self.tracker = tracker
         self.flowLimits: dict[str, Any] = {}
+        # Interfaces this client's server described (see remote.learnInterface).
+        self.learned: dict[str, Any] = {}
 
 
 class ServerFactory(pb.PBServerFactory):
@@ -420,6 +522,7 @@ class ServerFactory(pb.PBServerFactory):
 
     protocol = Broker
     tracker = None  # what a server receives is not re-fetched on reconnect
+    learned = None  # a server never believes its peers' interface descriptions
 
     def __init__(self, root: Any, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any,

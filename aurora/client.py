@@ -40,11 +40,11 @@ class _RecordingEndpoint:
 
     def __init__(self, endpoint: IStreamClientEndpoint) -> None:
         self._endpoint = endpoint
-        self.lastFailure: Failure | None = None
+        self.lastProblem: str | None = None
 
     def connect(self, factory: Any) -> defer.Deferred:
         def failed(f: Failure) -> Failure:
-            self.lastFailure = f
+            self.lastProblem = f.getErrorMessage()
             return f
 
         return self._endpoint.connect(factory).addErrback(failed)
@@ -187,8 +187,8 @@ class Client:
         return d
 
     def _noConnection(self, result: Any, seconds: float) -> Failure:
-        why = self._endpoint.lastFailure
-        reason = f": {why.getErrorMessage()}" if why is not None else ""
+        why = self._endpoint.lastProblem
+        reason = f": {why}" if why is not None else ""
         return Failure(ConnectionFailed(
             f"no connection to {self._description} within {seconds} s{reason}",
             endpoint=self._description,
@@ -208,7 +208,8 @@ class Client:
         if self._timeout:
             broker.watch(self._timeout, self._heartbeat, self._ping)
         try:
-            rootRef = await self.factory.getRootObject()
+            rootRef = await broker.whenReady().addTimeout(
+                self._timeoutFor() or 30.0, self._clock)
             self._root._rebind(Wrapper(rootRef, (), self.factory))
             peer = dict(_wire.versionInfo(), timeout=self._timeout,
                         referenceLimit=self._referenceLimit)
@@ -223,7 +224,10 @@ class Client:
         except IncompatibleVersion:
             self._giveUp(Failure())
             return
-        except Exception:
+        except Exception as e:
+            self._endpoint.lastProblem = (
+                f"connected, but the aurora handshake failed: "
+                f"{'no answer' if isinstance(e, defer.TimeoutError) else e}")
             if not broker.disconnected:
                 self.log.failure("resync with {endpoint} failed; reconnecting",
                                  endpoint=self._description)
@@ -291,6 +295,15 @@ class Client:
                     self._fail([(obj, path)], StaleReference(
                         f"{origin!r} no longer returns a match for {obj!r}"),
                         final=True)
+                elif isinstance(obj, Model) and new is not obj and \
+                        new.__dict__.get("_origin") is not None:
+                    # The application holds two mirrors of one model (it
+                    # fetched it again while this one was failing); the
+                    # other follows it now, and one face per model is the
+                    # rule that keeps `changed` senders unambiguous.
+                    self._fail([(obj, path)], StaleReference(
+                        f"{obj!r} is a second mirror of the model that {new!r} "
+                        "follows; use that one"), final=True)
                 elif new is not obj:
                     obj._rebind(new)
 

@@ -35,7 +35,8 @@ from aurora.interfaces import IRegistry
 from aurora.remoteable import Manager, Model
 
 _wrapperClasses: dict[str, type[Wrapper]] = {}
-_learned: dict[str, InterfaceClass] = {}
+_registered: dict[str, InterfaceClass] = {}
+_MAX_LEARNED = 10_000  # interfaces one client learns from its server, at most
 
 
 def registerWrapper(iface: InterfaceClass, wrapperClass: type[Wrapper]) -> None:
@@ -49,7 +50,7 @@ def registerWrapper(iface: InterfaceClass, wrapperClass: type[Wrapper]) -> None:
     if not (isinstance(wrapperClass, type) and issubclass(wrapperClass, Wrapper)):
         raise TypeError(f"{wrapperClass!r} is not a subclass of aurora.remote.Wrapper")
     _wrapperClasses[iface.__identifier__] = wrapperClass
-    _learned.setdefault(iface.__identifier__, iface)
+    _registered[iface.__identifier__] = iface
 
 
 def registerMirror(original: type, mirror: type) -> None:
@@ -60,17 +61,30 @@ def registerMirror(original: type, mirror: type) -> None:
     _types.registerMirror(original, mirror)
 
 
-def _resolve(name: str) -> InterfaceClass | None:
-    return _learned.get(name) or _schema.importedInterface(name)
+def _resolve(name: str, settings: Any) -> InterfaceClass | None:
+    """An interface object for C{name}: registered, imported, or learned."""
+    found = _registered.get(name) or _schema.importedInterface(name)
+    if found is None:
+        learned = getattr(settings, "learned", None)
+        found = learned.get(name) if learned is not None else None
+    return found
 
 
-def learnInterface(description: dict[str, Any]) -> InterfaceClass:
-    """Remember an interface described by a server, synthesizing it if needed."""
+def learnInterface(description: dict[str, Any], settings: Any) -> None:
+    """
+    Remember an interface described by the server a client connects to.
+
+    Only a client learns, and only from its own server, into its own table:
+    what a server's peers say about interfaces is never believed (a hostile
+    client could otherwise redefine, for everyone, an interface a relay
+    serves).  An interface this process imports always wins.
+    """
+    learned = getattr(settings, "learned", None)
     name = description["name"]
-    iface = _resolve(name)
-    if iface is None:
-        iface = _learned[name] = _schema.synthesize(description)
-    return iface
+    if learned is None or _registered.get(name) or _schema.importedInterface(name):
+        return
+    if name in learned or len(learned) < _MAX_LEARNED:
+        learned[name] = _schema.synthesize(description)
 
 
 def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,
@@ -78,7 +92,7 @@ def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,
     """The wrapper for a reference to a manager offering C{names}."""
     for description in descriptions:
         if isinstance(description, dict) and isinstance(description.get("name"), str):
-            learnInterface(description)
+            learnInterface(description, settings)
     cls = next((_wrapperClasses[n] for n in names if n in _wrapperClasses), Wrapper)
     return cls(ref, names, settings)
 
@@ -132,7 +146,7 @@ class Wrapper(Manager):
         self._ref = ref
         self._names = tuple(names)
         self._settings = settings
-        known = [i for i in map(_resolve, names) if i is not None]
+        known = [i for n in names if (i := _resolve(n, settings)) is not None]
         if known:
             alsoProvides(self, *known)
 
@@ -143,7 +157,7 @@ class Wrapper(Manager):
     def _offered(self) -> list[Any]:
         # Every name the origin offered, even one this process only knows
         # by name; a synthesized interface describes it onward.
-        return [i for i in map(_resolve, self._names) if i is not None]
+        return [i for n in self._names if (i := _resolve(n, self._settings)) is not None]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -292,12 +306,13 @@ def locate(result: Any, path: tuple, old: Any) -> Any:
     by position, or for a Model that declares C{keyField}, by that field.
     """
     value = result
-    for step in path:
+    for i, step in enumerate(path):
+        last = i == len(path) - 1
         if isinstance(value, dict):
             value = value.get(step)
         elif isinstance(value, (list, tuple)):
             key = getattr(old, "keyField", None)
-            if key is not None and isinstance(old, Model) and step == path[-1]:
+            if key is not None and isinstance(old, Model) and last:
                 wanted = old.__dict__.get(key)
                 matches = [v for v in value if type(v) is type(old)
                            and v.typeName == old.typeName

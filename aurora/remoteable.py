@@ -45,8 +45,9 @@ def _unserializeCall(broker: Any, args: Any, kw: Any) -> tuple[tuple, dict]:
         if isinstance(e, Error):
             raise
         raise SerializationError(
-            f"the arguments could not be accepted ({e}): an undeclared type, or "
-            "a class this server has not imported"
+            f"the arguments could not be accepted ({type(e).__name__}: {e}): an "
+            "undeclared type, a class this side has not imported, or a "
+            "reference to an object it does not know"
         ) from None
     if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
         raise SerializationError("malformed call: arguments are not a list and a dict")
@@ -209,8 +210,8 @@ class Model(Declared, pb.Cacheable):
     def _send(self, broker: Any, observer: Any, name: str, value: Any) -> None:
         try:
             d = observer.callRemote("update", name, value, pbanswer=False)
-        except pb.DeadReferenceError:
-            self.__dict__["_observers"].pop(broker, None)
+        except pb.ProtocolError:  # gone, or no longer cached on that peer
+            self.__dict__.get("_observers", {}).pop(broker, None)
             return
         if d is not None:  # only a failure to serialize returns a Deferred
             d.addErrback(
@@ -230,6 +231,9 @@ class Model(Declared, pb.Cacheable):
 
     def stoppedObserving(self, perspective: Any, observer: Any) -> None:
         self.__dict__.get("_observers", {}).pop(observer.broker, None)
+        flow = getattr(observer.broker, "flow", None)
+        if flow is not None:
+            flow.forget(self)
 
     def jellyFor(self, jellier: Any) -> Any:
         error = self.__dict__.get("_error")
@@ -252,6 +256,7 @@ class Model(Declared, pb.Cacheable):
         sub = Subscription(broker, luid, face)
         broker.cacheLocally(luid, sub)
         face._setState(unjellier.unjelly(sexp[2]))
+        sub.state = face._state()
         face.__dict__["_link"] = sub
         return face
 
@@ -331,28 +336,53 @@ class Subscription:
     observing.  PB's own RemoteCache hands out a new "borg" object per
     receipt, which breaks pydispatcher's sender-by-identity matching; aurora
     hands out the same face every time.
+
+    It also keeps the model's state, so that when the origin sends the model
+    again just after the application dropped it (the "cached" was in flight
+    when the decache left), a new face can be built from it.
     """
 
     def __init__(self, broker: Any, luid: int, face: Model) -> None:
         self.broker = broker
         self.luid = luid
         self.refs = 1  # the origin counts one reference per receipt
+        self.released = False
+        self.kind = type(face)
+        # What an opaque mirror carries besides its fields.
+        self.extra = {k: v for k, v in face.__dict__.items()
+                      if k in ("typeName", "_fields", "keyField")}
+        self.state: dict[str, Any] = {}
         self.face = weakref.ref(face, self._faceGone)
 
     def _borgify(self) -> Any:
         # PB's "cached" unjellier calls this when the origin sends a model
         # this connection mirrors already.
+        face = self.face()
+        if face is None:
+            return self._revive()
         self.refs += 1
-        return self.face()
+        return face
+
+    def _revive(self) -> Model:
+        face = self.kind.__new__(self.kind)
+        face.__dict__.update(self.extra)
+        face._setState(self.state)
+        face.__dict__["_link"] = self
+        self.face = weakref.ref(face, self._faceGone)
+        self.refs, self.released = 1, False
+        return face
 
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
                               kw: Any) -> Any:
         if _text(message) != "update":
             raise NoSuchMethod(f"model mirrors accept only 'update', not {message!r}")
         (name, value), _ = _unserializeCall(broker, args, kw)
+        name = _text(name)
+        if name in self.state:
+            self.state[name] = value
         face = self.face()
         if face is not None:
-            face._applyRemote(_text(name), value)
+            face._applyRemote(name, value)
         return None
 
     def _faceGone(self, ref: Any) -> None:
@@ -361,13 +391,15 @@ class Subscription:
     def detach(self) -> None:
         """Forget the face without telling the origin (its connection is gone)."""
         self.face = _nothing
-        self.broker, self.refs = None, 0
+        self.broker, self.refs, self.released = None, 0, True
 
     def release(self) -> None:
         """Tell the origin this connection no longer observes the model."""
+        if self.released:
+            return
+        self.released = True
         broker, refs = self.broker, self.refs
-        self.broker, self.refs = None, 0
+        self.refs = 0
         if broker is not None and not broker.disconnected:
             for _ in range(refs):
                 broker.decCacheRef(self.luid)
-

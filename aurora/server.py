@@ -140,13 +140,24 @@ class Server:
         broker.referenceLimit = self._referenceLimit
         return RegistryService(self._registry, broker, self._maxReferenceLimit)
 
-    def stop(self) -> defer.Deferred:
-        """Stop listening, then close every connection; fires when all are closed."""
+    def stop(self, grace: float = 5.0) -> defer.Deferred:
+        """
+        Stop listening, then close every connection; fires when all are
+        closed.  A connection whose peer does not read what is still queued
+        for it is aborted after C{grace} seconds.
+        """
         ports, self._ports = self._ports, []
         stopped = [defer.maybeDeferred(port.stopListening) for port in ports]
         for broker in list(self._brokers):
             done: defer.Deferred = defer.Deferred()
-            broker.notifyOnDisconnect(lambda d=done: d.callback(None))
+            abort = self.factory.clock.callLater(grace, broker.transport.abortConnection)
+
+            def closed(d: defer.Deferred = done, abort: Any = abort) -> None:
+                if abort.active():
+                    abort.cancel()
+                d.callback(None)
+
+            broker.notifyOnDisconnect(closed)
             broker.close()
             stopped.append(done)
         return defer.gatherResults(stopped, consumeErrors=True).addCallback(

@@ -175,7 +175,7 @@ async def test_relayWithUpstreamDownAnswersConnectionLostAndRecovers():
             started = reactor.seconds()
             with pytest.raises(errors.ConnectionLost):
                 await users.echo(1)
-            assert reactor.seconds() - started < 1.0
+            assert reactor.seconds() - started < 5.0  # not the 30 s deadline
             assert client.connected and endDown.events == []
 
             # The origin comes back on the same port, with alice online.
