@@ -17,6 +17,7 @@ setup(
         "PyDispatcher>=2.0.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "pytest-timeout>=2.2"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "pytest-timeout>=2.2",
+                 "hypothesis>=6"],
     },
 )

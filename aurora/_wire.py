@@ -35,6 +35,12 @@ REF_ATOM = b"aurora.ref"
 reference, with the description of each interface the connection has not
 described yet (so a relay or the CLI knows its methods without its module)."""
 
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest message (one top-level banana expression) a peer may send."""
+
+MAX_DEPTH = 100
+"""The deepest nesting of lists in one message (unjelly recurses)."""
+
 _RECEIVABLE = frozenset(
     [
         # jelly's atoms for basic values
@@ -45,8 +51,6 @@ _RECEIVABLE = frozenset(
         # reference, a model again on a connection that mirrors it already,
         # a mirror sent back to its origin
         b"local", b"remote", b"cached", b"lcache",
-        # PB's own errors (e.g. "Invalid Object ID"), copied as plain state
-        b"twisted.spread.pb.CopyableFailure",
         REF_ATOM,
     ]
 )
@@ -91,6 +95,19 @@ class Security(jelly.SecurityOptions):
 SECURITY = Security()
 
 
+class _ErrorSecurity(Security):
+    """In an error answer only: PB's own errors (e.g. "Invalid Object ID")."""
+
+    def isTypeAllowed(self, typeName: Any) -> bool:
+        if typeName in (b"twisted.spread.pb.CopyableFailure",
+                        "twisted.spread.pb.CopyableFailure"):
+            return True
+        return super().isTypeAllowed(typeName)
+
+
+ERROR_SECURITY = _ErrorSecurity()
+
+
 def _describeUnsendable(e: Exception) -> str:
     if isinstance(e, NotImplementedError) and "tzinfo" in str(e):
         return (
@@ -116,6 +133,10 @@ class Broker(pb.Broker):
     lastReceived = 0.0
     _watch: Any = None
     _isReady = False
+    maxMessageBytes = MAX_MESSAGE_BYTES
+    maxDepth = MAX_DEPTH
+    _inMessage = 0  # bytes of the message being received, at most this
+    _completed = False
     referenceLimit = pb.MAX_BROKER_REFS
     flow: Flow | None = None
 
@@ -124,6 +145,8 @@ class Broker(pb.Broker):
         self.describedInterfaces: set[str] = set()
         self._readyWaiters: list[defer.Deferred] = []
         self.flow = Flow(self, self.factory.clock, **self.factory.flowLimits)
+        for name, value in getattr(self.factory, "wireLimits", {}).items():
+            setattr(self, name, value)
         self.transport.registerProducer(self.flow, True)
         super().connectionMade()
 
@@ -208,7 +231,46 @@ class Broker(pb.Broker):
 
     def dataReceived(self, chunk: bytes) -> None:
         self.lastReceived = self.factory.clock.seconds()
-        super().dataReceived(chunk)
+        self._completed = False
+        try:
+            super().dataReceived(chunk)
+        except Exception as e:
+            # Malformed input (bad framing, a non-list expression, a reference
+            # to nothing).  Stock Twisted logs a traceback per occurrence and
+            # drops the connection; a hostile peer should not fill the log.
+            self._refuse(f"a malformed message ({type(e).__name__}: {e})")
+            return
+        # Banana has no limit per message, only per token: count bytes since
+        # the last complete expression (at most one chunk too many) and the
+        # depth of the open lists, and cut the peer off past either.
+        self._inMessage = len(chunk) if self._completed else self._inMessage + len(chunk)
+        if self.disconnected or not self.listStack:
+            return
+        if self._inMessage > self.maxMessageBytes or len(self.listStack) > self.maxDepth:
+            self._refuse(f"a message over {self.maxMessageBytes} bytes or "
+                         f"{self.maxDepth} levels deep")
+
+    def _refuse(self, what: str) -> None:
+        if self.disconnected:
+            return
+        _Watchdog.log.warn("{peer} sent {what}; dropping the connection",
+                           peer=self.transport.getPeer(), what=what)
+        self.listStack = []
+        self.buffer = b""
+        self.transport.abortConnection()
+
+    def expressionReceived(self, sexp: Any) -> None:
+        self._completed = True
+        if _depth(sexp, self.maxDepth) > self.maxDepth:
+            requestID = sexp[1] if len(sexp) > 1 and isinstance(sexp[1], int) else None
+            if sexp[:1] == [b"message"] and requestID is not None:
+                self._sendError(LimitExceeded(
+                    f"the message nests deeper than {self.maxDepth} levels",
+                    limit=self.maxDepth), requestID)
+                return
+            self._refuse(f"an expression over {self.maxDepth} levels deep")
+            return
+        super().expressionReceived(sexp)
 
     def connectionReady(self) -> None:
         super().connectionReady()
@@ -308,10 +370,13 @@ class Broker(pb.Broker):
 
     def proto_error(self, requestID: int, fail: Any) -> None:
         d = self.waitingForAnswers.pop(requestID)
+        self.security = ERROR_SECURITY
         try:
             error = self.unserialize(fail)
         except Exception as e:
             error = _unreadable(e)
+        finally:
+            self.security = SECURITY
         d.errback(error if isinstance(error, Failure) else Failure(error))
 
     def receiveReference(self, luid: int, names: Any, descriptions: Any) -> Any:
@@ -323,6 +388,20 @@ class Broker(pb.Broker):
         if not isinstance(descriptions, list):
             descriptions = []
         return self.factory.wrapReference(ref, names, self.factory, descriptions)
+
+
+def _depth(sexp: Any, limit: int) -> int:
+    """How deep lists nest in C{sexp}, counting no further than C{limit} + 1."""
+    deepest, stack = 0, [(sexp, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, list):
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+            stack.extend((v, depth + 1) for v in value if isinstance(v, list))
+    return deepest
 
 
 class _Watchdog:
@@ -526,9 +605,11 @@ class ServerFactory(pb.PBServerFactory):
 
     def __init__(self, root: Any, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any,
-                 flowLimits: dict[str, Any] | None = None) -> None:
+                 flowLimits: dict[str, Any] | None = None,
+                 wireLimits: dict[str, Any] | None = None) -> None:
         super().__init__(root, security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
         self.flowLimits = flowLimits or {}
+        self.wireLimits = wireLimits or {}

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import pb
+from twisted.persisted.crefutil import NotKnown
 
 from aurora import _schema, signals
 from aurora._types import Declared
@@ -51,7 +52,28 @@ def _unserializeCall(broker: Any, args: Any, kw: Any) -> tuple[tuple, dict]:
         ) from None
     if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
         raise SerializationError("malformed call: arguments are not a list and a dict")
+    leftover = _unresolved((args, kw))
+    if leftover is not None:
+        raise SerializationError(
+            f"malformed call: the arguments hold a {qual(type(leftover))}, which "
+            "no declared type produces (a dangling jelly reference?)")
     return tuple(args), {_text(k): v for k, v in kw.items()}
+
+
+def _unresolved(value: Any) -> Any:
+    """A jelly placeholder left in C{value} by a malformed message, if any."""
+    stack, seen = [value], 0
+    while stack and seen < 100_000:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, (NotKnown, Failure)):
+            return item
+        if isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return None
 
 
 def _toRemoteError(failure: Failure, where: str) -> Failure:

@@ -81,6 +81,12 @@ class Server:
         relay funnels its clients' references into one connection).
     @param maxLag: seconds a client may stay behind on model updates before
         it is disconnected; C{maxPending}: model fields waiting for it.
+    @param maxMessageBytes: the largest message a client may send (at most,
+        and by default, L{_wire.MAX_MESSAGE_BYTES}); a larger one closes its
+        connection.
+    @param maxDepth: the deepest nesting of a message (at most, and by
+        default, L{_wire.MAX_DEPTH}); a deeper call is answered with
+        L{aurora.errors.LimitExceeded}.
     @param reactor: the reactor that listens (default: the global one).
     @param clock: what times those calls' deadlines (default: C{reactor}).
     """
@@ -90,6 +96,8 @@ class Server:
     def __init__(self, registry: Any, *, callTimeout: float | None = 30.0,
                  referenceLimit: int = 1024, maxReferenceLimit: int = 100_000,
                  maxLag: float = 30.0, maxPending: int = 10_000,
+                 maxMessageBytes: int = _wire.MAX_MESSAGE_BYTES,
+                 maxDepth: int = _wire.MAX_DEPTH,
                  reactor: Any = None, clock: Any = None) -> None:
         if not IRegistry.providedBy(registry):
             raise TypeError(
@@ -103,6 +111,9 @@ class Server:
             _Root(self), wrap, callTimeout=callTimeout,
             clock=clock if clock is not None else reactor,
             flowLimits={"maxLag": maxLag, "maxPending": maxPending},
+            # Configurable downward only: the defaults bound memory and recursion.
+            wireLimits={"maxMessageBytes": min(maxMessageBytes, _wire.MAX_MESSAGE_BYTES),
+                        "maxDepth": min(maxDepth, _wire.MAX_DEPTH)},
         )
         self._referenceLimit = referenceLimit
         self._maxReferenceLimit = maxReferenceLimit
