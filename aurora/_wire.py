@@ -464,9 +464,9 @@ class Flow:
     Registered as the transport's streaming producer: while the peer does
     not read fast enough (the transport's buffer is full), updates are not
     written but kept, one per model and field, the latest value winning.
-    They go out when the buffer drains.  A peer that stays behind longer
-    than C{maxLag} seconds, or with more than C{maxPending} fields waiting,
-    is disconnected (and resyncs when it reconnects, like any client).
+    Updates go out when the buffer drains.  A peer that stays behind longer than C{maxLag} seconds, or with
+    more than C{maxPending} fields waiting, is disconnected (and resyncs when
+    it reconnects, like any client).
     """
 
     log = Logger()
@@ -479,14 +479,27 @@ class Flow:
         self.maxLag = maxLag
         self.paused = False
         self.since = 0.0
+        self.timer: Any = None
         self.pending: dict[tuple[Any, str], tuple[Any, Any]] = {}
 
     def pauseProducing(self) -> None:
         if not self.paused:
             self.paused = True
             self.since = self.clock.seconds()
+            # A peer that does not read for maxLag is dropped, whatever is
+            # waiting for it (answers too).  Reading from it is not paused:
+            # TLS pauses this producer during its own handshake.
+            self.timer = self.clock.callLater(self.maxLag, self._tooSlow)
+
+    def _tooSlow(self) -> None:
+        self.log.warn("{peer} has not read for {lag} s; disconnecting it",
+                      peer=self.broker.transport.getPeer(), lag=self.maxLag)
+        self.pending.clear()
+        self.broker.transport.abortConnection()
 
     def resumeProducing(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
         self.paused = False
         pending, self.pending = self.pending, {}
         items = iter(pending.items())
@@ -499,6 +512,8 @@ class Flow:
 
     def stopProducing(self) -> None:
         self.pending.clear()
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
 
     def forget(self, model: Any) -> None:
         """C{model} is no longer observed here: drop what waits for it."""
@@ -602,6 +617,15 @@ class ServerFactory(pb.PBServerFactory):
     protocol = Broker
     tracker = None  # what a server receives is not re-fetched on reconnect
     learned = None  # a server never believes its peers' interface descriptions
+
+    def admit(self) -> bool:
+        """Whether one more connection may be served."""
+        return True
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.admit():
+            return None  # Twisted closes the connection at once
+        return super().buildProtocol(addr)
 
     def __init__(self, root: Any, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any,

@@ -4,6 +4,7 @@ The operator's command line: C{aurora} (or C{python -m aurora}).
     aurora ls ENDPOINT
     aurora call ENDPOINT DOTTED.INTERFACE METHOD [JSON-ARG ...]
     aurora watch ENDPOINT DOTTED.INTERFACE METHOD [JSON-ARG ...]
+    aurora passwd FILE USER [--interfaces A,B | *] [--certificate-only]
 
 ENDPOINT is a Twisted client endpoint string (C{tcp:127.0.0.1:8789},
 C{tls:host:8790:trustRoots=/etc/aurora/ca}).  The CLI needs none of the
@@ -11,7 +12,7 @@ application's modules: interfaces arrive as descriptions and copies and
 models as opaque objects, printed as JSON of their declared fields.
 
 Exit status: 0 done; 2 bad usage or an argument that is not JSON; 3 no
-connection (refused, timed out, lost); 4 unknown interface or method; 5 the
+connection (refused, timed out, lost, login refused); 4 unknown interface or method; 5 the
 arguments do not fit the method; 6 the method raised an error; 1 anything
 else.
 """
@@ -27,9 +28,10 @@ import sys
 from typing import Any, TextIO
 
 from pydispatch import dispatcher
+from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, task
 
-from aurora import _schema, errors, signals
+from aurora import _schema, auth, errors, signals
 from aurora.client import Client
 from aurora.remote import Wrapper
 from aurora.remoteable import Copyable, Model
@@ -71,9 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="aurora", description="Look at and call an aurora registry.",
         epilog="Exit status: 0 done, 2 usage or bad JSON, 3 no connection, "
                "4 unknown interface or method, 5 arguments do not fit, "
-               "6 the method raised, 1 anything else.")
+               "6 the method raised, 1 anything else.  Exit 3 also for a refused login.")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to wait for the connection and each call")
+    parser.add_argument("--user", help="log in as this user (over TLS)")
+    parser.add_argument("--password-file",
+                        help="file holding the password for --user (else prompted)")
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="the interfaces offered, with their methods",
                         description="e.g. aurora ls tcp:127.0.0.1:8789")
@@ -87,7 +92,43 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("interface")
         p.add_argument("method")
         p.add_argument("args", nargs="*", metavar="JSON-ARG")
+    pw = sub.add_parser(
+        "passwd", help="add or change a user in a password file (twistd --passwd)",
+        description="e.g. aurora passwd /etc/aurora/passwd alice --interfaces "
+                    "myapp.IUserManager  (reads the password from stdin when it "
+                    "is not a terminal)")
+    pw.add_argument("file")
+    pw.add_argument("user")
+    pw.add_argument("--interfaces", default="*",
+                    help="comma-separated dotted interface names, or * (default)")
+    pw.add_argument("--certificate-only", action="store_true",
+                    help="no password: a mutual-TLS client certificate with this name")
     return parser
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    password = None
+    if not args.certificate_only:
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"password for {args.user}: ")
+            if getpass.getpass("again: ") != password:
+                sys.stderr.write("aurora: the passwords differ\n")
+                return EXIT_USAGE
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            sys.stderr.write("aurora: empty password\n")
+            return EXIT_USAGE
+    interfaces = None if args.interfaces.strip() == "*" else [
+        i.strip() for i in args.interfaces.split(",") if i.strip()]
+    try:
+        auth.setPassword(args.file, args.user, password, interfaces)
+    except (OSError, ValueError) as e:
+        sys.stderr.write(f"aurora: {e}\n")
+        return EXIT_OTHER
+    return EXIT_OK
 
 
 def _parseArgs(raw: list[str]) -> list[Any]:
@@ -101,7 +142,8 @@ def _parseArgs(raw: list[str]) -> list[Any]:
 
 
 def _status(e: BaseException) -> int:
-    if isinstance(e, (errors.ConnectionFailed, errors.ConnectionLost)):
+    if isinstance(e, (errors.ConnectionFailed, errors.ConnectionLost,
+                      errors.LoginFailed)):
         return EXIT_CONNECTION
     if isinstance(e, (errors.UnknownInterface, errors.NoSuchMethod)):
         return EXIT_UNKNOWN
@@ -158,7 +200,19 @@ async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    client = Client(args.endpoint, connectTimeout=args.timeout,
+    if args.command == "passwd":
+        return _passwd(args)
+    credentials = None
+    if args.user:
+        if args.password_file:
+            with open(args.password_file, "rb") as f:
+                password = f.read().strip()
+        else:
+            import getpass
+
+            password = getpass.getpass(f"password for {args.user}: ").encode("utf-8")
+        credentials = UsernamePassword(args.user.encode("utf-8"), password)
+    client = Client(args.endpoint, credentials, connectTimeout=args.timeout,
                     callTimeout=args.timeout, opaque=True, reactor=reactor)
     try:
         values = _parseArgs(getattr(args, "args", []))

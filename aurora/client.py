@@ -26,10 +26,11 @@ from aurora.errors import (
     ConnectionLost,
     Error,
     IncompatibleVersion,
+    LoginFailed,
     OpaqueError,
     StaleReference,
 )
-from aurora.interfaces import IRegistryService
+from aurora.interfaces import IRegistryService, IRegistryView
 from aurora.remote import Registry, Tracker, Wrapper, locate, wrap
 from aurora.remoteable import Model, OpaqueCopy, OpaqueModel
 
@@ -80,6 +81,10 @@ class Client:
 
     @param endpoint: a client endpoint string (C{"tcp:127.0.0.1:8789"}) or
         an endpoint object.
+    @param credentials: C{twisted.cred.credentials.UsernamePassword(b"alice",
+        b"secret")} to log in (again at every reconnect); None for anonymous
+        access or the client certificate of a mutual-TLS endpoint.  A refusal
+        fails L{getRegistry} with L{LoginFailed}.
     @param connectTimeout: seconds L{getRegistry} waits for a first
         connection before failing with L{ConnectionFailed} (None: forever).
     @param callTimeout: default deadline in seconds of every remote call
@@ -103,7 +108,8 @@ class Client:
 
     log = Logger()
 
-    def __init__(self, endpoint: str | IStreamClientEndpoint, *,
+    def __init__(self, endpoint: str | IStreamClientEndpoint,
+                 credentials: Any = None, *,
                  connectTimeout: float | None = 30.0,
                  callTimeout: float | None = 30.0,
                  heartbeat: float | None = 5.0,
@@ -134,9 +140,12 @@ class Client:
             clock=self._clock, prepareConnection=self._prepare,
         )
         # The objects the application holds: the same for the client's life.
+        self._credentials = credentials
         self._root = Wrapper(None, (IRegistryService.__identifier__,), self.factory)
-        self._registry = Registry(self._root)
+        self._view = Wrapper(None, (IRegistryView.__identifier__,), self.factory)
+        self._registry = Registry(self._view)
         self._up = False
+        self.everConnected = False
         self._broker: Any = None
         self._waiters: list[defer.Deferred] = []
         self._fatal: Failure | None = None
@@ -217,11 +226,15 @@ class Client:
             _wire.checkVersion(server, "server")
             if self._referenceLimit:
                 broker.referenceLimit = self._referenceLimit
+            creds = self._credentials
+            login = (creds.username, creds.password) if creds is not None else (None, None)
+            self._view._rebind(
+                await self._root._call("login", login, {}, self._timeoutFor()))
             if self._opaque:
                 self._learnTypes(
                     await self._root._call("types", (), {}, self._timeoutFor()))
             await self._resync()
-        except IncompatibleVersion:
+        except (IncompatibleVersion, LoginFailed):
             self._giveUp(Failure())
             return
         except Exception as e:
@@ -236,6 +249,7 @@ class Client:
         if broker.disconnected:
             return
         self._up = True
+        self.everConnected = True
         self.log.info("connected to {endpoint}", endpoint=self._description)
         signals.send(signals.connected, self, registry=self._registry)
         waiters, self._waiters = self._waiters, []

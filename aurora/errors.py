@@ -121,6 +121,10 @@ class ConnectionFailed(Error, ConnectionError):
     fields = ("endpoint",)
 
 
+class LoginFailed(Error):
+    """The server refused the credentials (or their absence, or plain TCP)."""
+
+
 class IncompatibleVersion(Error):
     """The peer speaks another aurora protocol version."""
 

@@ -42,11 +42,15 @@ class IRegistryService(Interface):
     def ping():
         """Nothing: the client's heartbeat, answered to show the link works."""
 
-    def getManager(name):
-        """The manager registered under the dotted name C{name}."""
-
-    def interfaces():
-        """The sorted dotted names on offer to this connection."""
+    def login(username, password):
+        """
+        The L{IRegistryView} for these credentials: C{username} and
+        C{password} as bytes (refused on a plain connection unless the server
+        allows it), or both None for the client certificate of a mutual-TLS
+        connection, or else anonymous access.  L{aurora.errors.LoginFailed}
+        otherwise, with the same message for an unknown user and a wrong
+        password.
+        """
 
     def types():
         """
@@ -54,3 +58,17 @@ class IRegistryService(Interface):
         "keyField": name or None}}}: every type this side can send, so a relay
         can pass them on without their classes.
         """
+
+
+class IRegistryView(Interface):
+    """One identity's view of the published registry."""
+
+    def getManager(name):
+        """
+        The manager registered under the dotted name C{name}, exposing only
+        that interface; L{aurora.errors.UnknownInterface} if there is none or
+        this identity may not use it (the two are indistinguishable).
+        """
+
+    def interfaces():
+        """The sorted dotted names this identity may use."""

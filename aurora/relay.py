@@ -53,32 +53,43 @@ class CompositeRegistry:
     def _allowed(self, name: str) -> bool:
         return self.upstream is not None and (self.allow is None or name in self.allow)
 
-    def getManager(self, iface: Any) -> defer.Deferred:
-        try:
-            name = _schema.interfaceName(iface)
-        except TypeError:
-            return defer.fail()
-        if name in self.local._managers:
-            return self.local.getManager(name)
-        if self._allowed(name):
-            return self.upstream.getManager(name)
-        return defer.fail(UnknownInterface(
-            f"no manager is registered under {name}", interface=name))
+    async def _started(self) -> None:
+        # Just after the relay starts, its upstream link may not be up yet:
+        # wait for the first connection (bounded).  Later, an upstream that is
+        # down answers at once, with ConnectionLost.
+        client = self._client
+        if client is not None and not client.everConnected:
+            try:
+                await client.whenConnected().addTimeout(
+                    client.factory.callTimeout or 30.0, client.factory.clock)
+            except defer.TimeoutError:
+                pass
 
-    async def interfaces(self) -> list[str]:
+    def getManager(self, iface: Any) -> defer.Deferred:
+        return defer.ensureDeferred(self._getManager(iface))
+
+    def interfaces(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._interfaces())
+
+    async def _getManager(self, iface: Any) -> Any:
+        name = _schema.interfaceName(iface)
+        if name in self.local._managers:
+            return await self.local.getManager(name)
+        if self._allowed(name):
+            await self._started()
+            return await self.upstream.getManager(name)
+        raise UnknownInterface(f"no manager is registered under {name}", interface=name)
+
+    async def _interfaces(self) -> list[str]:
         names = set(await self.local.interfaces())
         if self.upstream is not None:
+            await self._started()
             names.update(n for n in await self.upstream.interfaces() if self._allowed(n))
         return sorted(names)
 
     async def types(self) -> dict[str, Any]:
         """The types this relay passes on: learned from upstream once connected."""
-        if self._client is not None and not self._client.connected:
-            try:
-                await self._client.whenConnected().addTimeout(
-                    self._client.factory.callTimeout or 30.0, self._client.factory.clock)
-            except defer.TimeoutError:
-                pass  # offer what is known; a later reconnect learns the rest
+        await self._started()
         return _types.advertised()
 
     def __repr__(self) -> str:

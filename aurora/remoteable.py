@@ -110,6 +110,13 @@ class Manager(pb.Referenceable):
                 method=name,
             )
         iface, method = entry
+        identity = getattr(broker, "identity", None)
+        if identity is not None and identity.interfaces is not None and \
+                iface.__identifier__ not in identity.interfaces and \
+                not iface.__identifier__.startswith("aurora.interfaces."):
+            # What this identity may not use does not exist for it.
+            raise NoSuchMethod(f"{qual(type(self))} has no remote method {name!r}",
+                               interface="", method=name)
         args, kw = _unserializeCall(broker, args, kw)
         _schema.checkArguments(iface, method, args, kw)
         where = f"{iface.__identifier__}.{name}"

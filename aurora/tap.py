@@ -19,6 +19,9 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger, jsonFileLogObserver
 from twisted.python import usage
 
+from twisted.cred.credentials import UsernamePassword
+
+from aurora import auth
 from aurora.registry import Registry
 from aurora.relay import CompositeRegistry, Relay
 from aurora.server import Server
@@ -28,7 +31,8 @@ _DEFAULT_LISTEN = "tcp:8789:interface=127.0.0.1"
 # name in the TOML file -> (option, kind)
 _CONFIG_KEYS = {
     "listen": "list", "setup": "list", "upstream": "str", "allow": "list",
-    "heartbeat": "float",
+    "heartbeat": "float", "passwd": "str", "upstream-user": "str",
+    "upstream-password-file": "str",
 }
 
 
@@ -51,6 +55,12 @@ Examples:
   twistd -n registry --upstream tcp:origin.example:8789 --listen tcp:8790 \\
          --allow myapp.interfaces.IUserManager
       a relay re-publishing one interface of an upstream registry
+  twistd -n registry --listen ssl:8790:privateKey=key.pem:certKey=cert.pem \\
+         --passwd /etc/aurora/passwd --setup myapp.setup:register
+      require a login (add users with: aurora passwd /etc/aurora/passwd alice)
+  twistd -n registry --listen mtls:8790:privateKey=key.pem:certKey=cert.pem:caCerts=ca.pem \\
+         --passwd /etc/aurora/passwd --setup ...
+      mutual TLS: the client certificate's name is the identity
   twistd -n registry --config /etc/aurora/registry.toml
       the same settings from a TOML file; options given here win
 
@@ -72,6 +82,19 @@ stops listening.
         ["heartbeat", None, None,
          "seconds between the relay client's heartbeats (default 5)", float],
         ["config", "c", None, "a TOML file with the same settings (e.g. registry.toml)"],
+        ["passwd", None, None,
+         "password file: require login (see `aurora passwd`); users, passwords "
+         "and client-certificate names, each with its interfaces"],
+        ["max-connections", None, 1000, "connections served at once", int],
+        ["login-timeout", None, 30.0, "seconds a connection may take to log in", float],
+        ["upstream-user", None, None, "a relay logs in upstream as this user"],
+        ["upstream-password-file", None, None,
+         "file holding the password for --upstream-user"],
+    ]
+    optFlags = [
+        ["anonymous", None, "with --passwd, also let anonymous clients in"],
+        ["insecure-login", None,
+         "accept passwords on connections without TLS (local development only)"],
     ]
 
     def __init__(self) -> None:
@@ -118,6 +141,23 @@ stops listening.
         elif self["allow"]:
             _fail("--allow restricts what a relay re-publishes: it needs --upstream")
         self["setupCallables"] = [_importCallable(name) for name in self["setup"]]
+        self["portal"] = None
+        if self["passwd"]:
+            try:
+                self["portal"] = auth.portal(self["passwd"], anonymous=self["anonymous"])
+            except (OSError, ValueError) as e:
+                _fail(f"--passwd {self['passwd']}: {e}")
+        self["upstreamCredentials"] = None
+        if self["upstream-user"]:
+            if not self["upstream-password-file"]:
+                _fail("--upstream-user needs --upstream-password-file")
+            try:
+                with open(self["upstream-password-file"], "rb") as f:
+                    password = f.read().strip()
+            except OSError as e:
+                _fail(f"cannot read --upstream-password-file: {e.strerror}")
+            self["upstreamCredentials"] = UsernamePassword(
+                self["upstream-user"].encode("utf-8"), password)
 
     def _readConfig(self, path: str) -> None:
         try:
@@ -183,14 +223,19 @@ class RegistryService(service.Service):
         self.options = options
         self.local = Registry()
         self.relay: Relay | None = None
+        serverOptions = {"portal": options["portal"],
+                         "allowInsecureLogin": options["insecure-login"],
+                         "maxConnections": options["max-connections"],
+                         "loginTimeout": options["login-timeout"]}
         if options["upstream"]:
             self.relay = Relay(options["upstream"], allow=options["allow"] or None,
                                local=self.local,
-                               clientOptions={"heartbeat": options["heartbeat"]},
-                               reactor=reactor)
+                               clientOptions={"heartbeat": options["heartbeat"],
+                                              "credentials": options["upstreamCredentials"]},
+                               serverOptions=serverOptions, reactor=reactor)
             self.server = self.relay.server
         else:
-            self.server = Server(self.local, reactor=reactor)
+            self.server = Server(self.local, reactor=reactor, **serverOptions)
         self.managers: list[service.IService] = []
         self.ports: list[Any] = []
 

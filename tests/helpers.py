@@ -286,3 +286,89 @@ async def runCommand(*argv: str, env: dict | None = None) -> tuple[bytes, bytes,
 
     return await utils.getProcessOutputAndValue(
         argv[0], argv[1:], env=env if env is not None else os.environ.copy(), path="/")
+
+
+def _name(common):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _issue(subject, key, issuer, issuerKey, *, ca=False, server=False):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(issuerKey, hashes.SHA256())
+
+
+def _write(path, key, cert):
+    from cryptography.hazmat.primitives import serialization
+
+    if key is not None:
+        (path.parent / f"{path.name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    (path.parent / f"{path.name}.pem").write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM))
+
+
+def makeCertificate(directory) -> tuple[str, str]:
+    """A throwaway self-signed certificate for localhost/127.0.0.1.
+
+    Writes key.pem and cert.pem, and trust/ca.pem (the same certificate) for
+    a client's trustRoots; returns (key path, certificate path).
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue("localhost", key, _name("localhost"), key, ca=True, server=True)
+    _write(directory / "cert", None, cert)
+    _write(directory / "key", key, cert)
+    (directory / "key.pem").write_bytes((directory / "key.key").read_bytes())
+    trust = directory / "trust"
+    trust.mkdir(exist_ok=True)
+    (trust / "ca.pem").write_bytes((directory / "cert.pem").read_bytes())
+    return str(directory / "key.pem"), str(directory / "cert.pem")
+
+
+def makeAuthority(directory, *clients: str) -> dict[str, str]:
+    """
+    A throwaway CA, a server certificate for localhost it signed, and one
+    client certificate per name in C{clients}.  Paths by role: "ca",
+    "serverKey", "serverCert", "<name>Key", "<name>Cert"; "trust" is a
+    directory holding the CA, for a client's trustRoots.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue("aurora test CA", caKey, _name("aurora test CA"), caKey, ca=True)
+    paths = {}
+    _write(directory / "ca", None, ca)
+    paths["ca"] = str(directory / "ca.pem")
+    trust = directory / "trust"
+    trust.mkdir(exist_ok=True)
+    (trust / "ca.pem").write_bytes((directory / "ca.pem").read_bytes())
+    paths["trust"] = str(trust)
+    for role, subject, server in [("server", "localhost", True)] + [
+            (c, c, False) for c in clients]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(subject, key, ca.subject, caKey, server=server)
+        _write(directory / role, key, cert)
+        paths[role + "Key"] = str(directory / f"{role}.key")
+        paths[role + "Cert"] = str(directory / f"{role}.pem")
+    return paths

@@ -5,7 +5,6 @@ user runs them, from the installed package (`make test` installs it).
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ from twisted.internet import defer, protocol, reactor
 
 from aurora import Client, errors, signals
 from tests.app import IAdmin, IUserManager
-from tests.helpers import BIN, ROOT, SignalLog, TwistdProcess, runCommand
+from tests.helpers import BIN, ROOT, SignalLog, TwistdProcess, makeCertificate, runCommand
 from tests.twistd_setup import IPoller
 
 SETUP = "tests.twistd_setup:register"
@@ -145,38 +144,6 @@ async def test_watchKeepsWatchingAcrossReconnects(registryProcess):
         await server.kill()
 
 
-def makeCertificate(directory) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
-    keyPath.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    trust = directory / "trust"
-    trust.mkdir()
-    (trust / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(keyPath), str(certPath)
-
-
 @pytest_twisted.ensureDeferred
 async def test_tlsRecipe(tmp_path):
     key, cert = makeCertificate(tmp_path)
@@ -191,7 +158,7 @@ async def test_tlsRecipe(tmp_path):
         users = await (await trusted.getRegistry()).getManager(IUserManager)
         assert await users.echo("over TLS") == "over TLS"
         peer = trusted._root._ref.broker.transport.getPeerCertificate()
-        assert peer.get_subject().CN == "localhost"
+        assert peer.to_cryptography().subject.rfc4514_string() == "CN=localhost"
         # A client that does not trust the certificate never gets a registry.
         with pytest.raises(errors.ConnectionFailed):
             await untrusted.getRegistry()
@@ -219,6 +186,9 @@ async def test_help():
     (["--setup", "tests.twistd_setup"], "must be MODULE:CALLABLE"),
     (["--allow", "tests.app.IAdmin"], "needs --upstream"),
     (["--config", "/nonexistent/registry.toml"], "cannot read --config"),
+    (["--passwd", "/nonexistent/passwd"], "--passwd /nonexistent/passwd"),
+    (["--upstream", "tcp:127.0.0.1:1", "--upstream-user", "x"],
+     "needs --upstream-password-file"),
     (["--setup", "tests.twistd_setup:broken"],
      "--setup tests.twistd_setup:broken failed: ValueError: the database is not there"),
     (["--setup", "tests.twistd_setup:brokenLater"], "RuntimeError: late failure"),
@@ -279,3 +249,46 @@ async def test_sigtermStopsCleanly(registryProcess):
     finally:
         lost.close()
         await client.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_loginOptionsAndARelayThatLogsInUpstream(tmp_path):
+    from aurora import auth
+
+    key, cert = makeCertificate(tmp_path)
+    passwd = tmp_path / "passwd"
+    out, err, code = await runCommand(
+        "/bin/sh", "-c",
+        f"echo s3cret | {os.path.join(BIN, 'aurora')} passwd {passwd} relay "
+        "--interfaces tests.app.IUserManager")
+    assert code == 0, err
+    secret = tmp_path / "relay.secret"
+    secret.write_text("s3cret\n")
+    origin = await TwistdProcess.start(
+        "--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
+        "--passwd", str(passwd), "--setup", SETUP)
+    relay = await TwistdProcess.start(
+        "--upstream", f"tls:localhost:{origin.port}:trustRoots={tmp_path / 'trust'}",
+        "--upstream-user", "relay", "--upstream-password-file", str(secret),
+        "--listen", "tcp:0:interface=127.0.0.1",
+        pythonpath=False, cwd=str(tmp_path))
+    client = Client(f"tcp:127.0.0.1:{relay.port}", heartbeat=None)
+    try:
+        registry = await client.getRegistry()
+        # What the relay's login may use, and nothing else, is re-published.
+        assert await registry.interfaces() == ["tests.app.IUserManager"]
+        users = await registry.getManager(IUserManager)
+        assert await users.echo("through a logged-in relay") == "through a logged-in relay"
+        out, err, code = await aurora("--user", "relay", "--password-file", str(secret),
+                                      "ls", f"tls:localhost:{origin.port}:trustRoots="
+                                      f"{tmp_path / 'trust'}")
+        assert code == 0 and "tests.app.IUserManager" in out.decode(), err
+        out, err, code = await aurora("ls", f"tls:localhost:{origin.port}:trustRoots="
+                                      f"{tmp_path / 'trust'}")
+        assert code == 3 and "anonymous" in err.decode()
+        assert auth.readPasswordFile(str(passwd))["relay"].interfaces == {
+            "tests.app.IUserManager"}
+    finally:
+        await client.stop()
+        await relay.kill()
+        await origin.kill()

@@ -1,0 +1,18 @@
+# The `mtls:` server endpoint string: TLS that requires a client certificate
+# signed by a given CA (Twisted's `ssl:` cannot).  See aurora.auth.
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class _MutualTLSParser:
+    prefix = "mtls"
+
+    def parseStreamServer(self, reactor, *args, **kwargs):
+        from aurora.auth import mutualTLSEndpoint
+
+        return mutualTLSEndpoint(reactor, *args, **kwargs)
+
+
+mtls = _MutualTLSParser()
