@@ -170,3 +170,11 @@ class Declared:
         obj = cls.__new__(cls)
         obj._setState(unjellier.unjelly(sexp[1]) if len(sexp) > 1 else {})
         return obj
+
+    @classmethod
+    def _fromOpaque(cls, info: dict[str, Any], unjellier: Any, sexp: list) -> Any:
+        """An opaque stand-in: the type name and fields come with C{info}."""
+        obj = cls.__new__(cls)
+        obj.__dict__.update(info)
+        obj._setState(unjellier.unjelly(sexp[1]) if len(sexp) > 1 else {})
+        return obj

@@ -148,10 +148,3 @@ class OpaqueError(Error, declare=False):
     An application error whose class this process (a relay) never imported:
     it keeps the type name and fields and is raised onward unchanged.
     """
-
-    @classmethod
-    def _fromOpaque(cls, info: dict[str, Any], unjellier: Any, sexp: list) -> OpaqueError:
-        error = cls.__new__(cls)
-        error.__dict__.update(info)
-        error._setState(unjellier.unjelly(sexp[1]) if len(sexp) > 1 else {})
-        return error

@@ -322,13 +322,6 @@ class OpaqueCopy(Copyable, declare=False):
     application's is imported or instantiated.
     """
 
-    @classmethod
-    def _fromOpaque(cls, info: dict[str, Any], unjellier: Any, sexp: list) -> OpaqueCopy:
-        copy = cls.__new__(cls)
-        copy.__dict__.update(info)
-        copy._setState(unjellier.unjelly(sexp[1]) if len(sexp) > 1 else {})
-        return copy
-
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._state().items())
         return f"<opaque {self.typeName}({inner})>"

@@ -23,7 +23,7 @@ from twisted.cred.credentials import UsernamePassword
 
 from aurora import auth
 from aurora.registry import Registry
-from aurora.relay import CompositeRegistry, Relay
+from aurora.relay import Relay
 from aurora.server import Server
 
 _DEFAULT_LISTEN = "tcp:8789:interface=127.0.0.1"

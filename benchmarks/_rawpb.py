@@ -1,7 +1,5 @@
 """A stock PB echo server, for baselines: python benchmarks/_rawpb.py"""
 
-import sys
-
 from twisted.internet import defer, task
 from twisted.spread import pb
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from twisted.internet import defer, task
 from zope.interface import Interface, implementer
 

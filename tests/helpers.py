@@ -372,3 +372,19 @@ def makeAuthority(directory, *clients: str) -> dict[str, str]:
         paths[role + "Key"] = str(directory / f"{role}.key")
         paths[role + "Cert"] = str(directory / f"{role}.pem")
     return paths
+
+
+async def fillUntilPaused(client, model, flow) -> None:
+    """
+    Make C{client} stop reading and change C{model} with large values until
+    the server's L{aurora._wire.Flow} for it pauses (kernel buffers full).
+    """
+    from twisted.internet import task
+
+    client._root._ref.broker.transport.pauseProducing()
+    for i in range(400):  # bounded: at most ~100 MB offered
+        model.name = "x" * 256 * 1024 + str(i)
+        await task.deferLater(reactor, 0, lambda: None)  # let it write
+        if flow.paused:
+            return
+    raise AssertionError("the kernel buffers never filled")

@@ -12,9 +12,9 @@ import pytest_twisted
 from pydispatch import dispatcher
 from twisted.internet import defer, task
 from twisted.spread import jelly
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 
-from aurora import Client, Copyable, Model, Registry, Server, errors, signals
+from aurora import Client, Copyable, errors, signals
 from aurora import _wire
 from aurora.remote import Wrapper, registerMirror, registerWrapper
 from tests.app import (

@@ -11,7 +11,6 @@ import gc
 
 import pytest
 import pytest_twisted
-from pydispatch import dispatcher
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.spread import pb
@@ -20,7 +19,7 @@ from aurora import Client, Registry, Server, _wire, errors, signals
 from aurora.relay import Relay
 from aurora.remote import locate, referenceError, wrap
 from tests.app import IUserManager, UserManager, UserModel
-from tests.helpers import SignalLog
+from tests.helpers import SignalLog, fillUntilPaused
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
 
@@ -188,14 +187,7 @@ async def test_slowObserverDroppingAMirrorIsNotDisconnected():
         model = manager.models["alice"]
         [serverBroker] = list(model._observers)
         flow = serverBroker.flow
-        transport = client._root._ref.broker.transport
-        transport.pauseProducing()
-        for i in range(400):
-            model.name = "x" * 256 * 1024 + str(i)
-            await task.deferLater(reactor, 0, lambda: None)
-            if flow.paused:
-                break
-        assert flow.paused
+        await fillUntilPaused(client, model, flow)
         model.online = True
         assert flow.pending
         stopped = defer.Deferred()
@@ -203,7 +195,7 @@ async def test_slowObserverDroppingAMirrorIsNotDisconnected():
             type(model).stoppedObserving(model, p, o), stopped.callback(None))
         del mirror
         gc.collect()
-        transport.resumeProducing()
+        client._root._ref.broker.transport.resumeProducing()
         await stopped.addTimeout(30, reactor)
         del model.stoppedObserving
         assert flow.pending == {}

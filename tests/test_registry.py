@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 
 from aurora import Registry, errors
 from tests.app import IAdmin, IUserManager, User, UserManager

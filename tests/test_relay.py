@@ -10,8 +10,8 @@ from zope.interface import Interface, implementer
 from aurora import Client, Manager, Registry, Server, errors, signals
 from aurora.relay import Relay
 from aurora.remoteable import Model
-from tests.app import IAdmin, IUserManager, NotAllowed, User, UserManager, UserModel
-from tests.helpers import SignalLog
+from tests.app import IAdmin, IUserManager, NotAllowed, User, UserManager
+from tests.helpers import SignalLog, fillUntilPaused
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
 
@@ -237,14 +237,7 @@ async def test_slowObserverCoalescedThenDisconnected():
         model = manager.models["alice"]
         [serverBroker] = list(model._observers)
         flow = serverBroker.flow
-        client._root._ref.broker.transport.pauseProducing()  # stop reading
-        payload = "x" * 256 * 1024
-        for i in range(400):  # bounded: at most ~100 MB offered
-            model.name = payload + str(i)
-            await task.deferLater(reactor, 0, lambda: None)  # let it write
-            if flow.paused:
-                break
-        assert flow.paused, "the kernel buffers never filled"
+        await fillUntilPaused(client, model, flow)
         for i in range(1000):
             model.name = f"burst {i}"
             model.online = i % 2 == 0

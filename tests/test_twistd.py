@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
 from aurora import Client, errors, signals
-from tests.app import IAdmin, IUserManager
+from tests.app import IUserManager
 from tests.helpers import BIN, ROOT, SignalLog, TwistdProcess, makeCertificate, runCommand
 from tests.twistd_setup import IPoller
 

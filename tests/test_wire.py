@@ -14,7 +14,7 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.spread import banana, jelly, pb
+from twisted.spread import banana, pb
 
 from aurora import Registry, Server, errors
 from tests.app import IUserManager, UserManager
