@@ -78,7 +78,15 @@ class Mute(protocol.Protocol):
 async def test_serverThatNeverAnswersIsRetriedWithoutPilingUp():
     factory = protocol.Factory.forProtocol(Mute)
     connections = []
-    factory.buildProtocol = lambda addr: connections.append(Mute()) or connections[-1]
+    retried = defer.Deferred()
+
+    def build(addr):
+        connections.append(Mute())
+        if len(connections) == 2:
+            retried.callback(None)
+        return connections[-1]
+
+    factory.buildProtocol = build
     mute = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     port = mute.getHost().port
     client = Client(f"tcp:127.0.0.1:{port}", connectTimeout=1.0, callTimeout=0.3,
@@ -89,8 +97,7 @@ async def test_serverThatNeverAnswersIsRetriedWithoutPilingUp():
         with pytest.raises(errors.ConnectionFailed, match="handshake"):
             await client.getRegistry()
         # The handshake timed out, so the client closed and tried again.
-        while len(connections) < 2:
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await retried.addTimeout(10, reactor)
         await mute.stopListening()
         for p in connections:
             p.transport.loseConnection()
