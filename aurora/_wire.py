@@ -297,6 +297,10 @@ class Broker(pb.Broker):
     def connectionLost(self, reason: Any) -> None:
         if self._watch is not None:
             self._watch.stop()
+        if self.flow is not None:
+            # Not every transport tells its producer (TLS, lost mid-handshake,
+            # may not): the lag timer must not outlive the connection.
+            self.flow.stopProducing()
         waiting, self._readyWaiters = self._readyWaiters, []
         super().connectionLost(reason)
         for d in waiting:
