@@ -92,10 +92,22 @@ def signatureOf(method: Method) -> inspect.Signature:
     return inspect.Signature(params)
 
 
+@lru_cache(maxsize=4096)
+def _arity(method: Method) -> tuple[int, int | None]:
+    info = method.getSignatureInfo()
+    return len(info["required"]), None if info["varargs"] else len(info["positional"])
+
+
 def checkArguments(
     iface: InterfaceClass, method: Method, args: tuple, kw: dict[str, Any]
 ) -> None:
     """Raise L{BadArguments} unless C{args, kw} fit C{method}'s signature."""
+    if not kw:
+        # The common case, checked without binding a Signature (which costs
+        # more than the rest of a call's dispatch).
+        least, most = _arity(method)
+        if least <= len(args) and (most is None or len(args) <= most):
+            return
     sig = signatureOf(method)
     try:
         sig.bind(*args, **kw)

@@ -16,7 +16,7 @@ import datetime
 import decimal
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
@@ -148,7 +148,31 @@ class Broker(pb.Broker):
         for name, value in getattr(self.factory, "wireLimits", {}).items():
             setattr(self, name, value)
         self.transport.registerProducer(self.flow, True)
+        self._direct = isinstance(self.transport, tcp.Connection) and \
+            hasattr(self.transport, "_tempDataBuffer")
         super().connectionMade()
+
+    _direct = False  # whether the transport is a plain socket we may send on
+
+    def sendEncoded(self, obj: Any) -> None:
+        out: list[bytes] = []
+        self._encode(obj, out.append)
+        self._write(b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        # Twisted's write only buffers: the bytes go out on the next reactor
+        # turn, after two epoll_ctl calls to watch for writability.  When
+        # nothing is queued before them, send them now; what the kernel does
+        # not take is queued as usual, so the order of bytes is kept.
+        t = self.transport
+        if self._direct and t.connected and not t.disconnecting and \
+                not t._tempDataBuffer and len(t.dataBuffer) == t.offset:
+            sent = t.writeSomeData(data)
+            if isinstance(sent, int):
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        t.write(data)
 
     def close(self) -> None:
         """
