@@ -23,7 +23,7 @@ from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
 from twisted.spread.flavors import RemoteCacheObserver
 
-from aurora import _types
+from aurora import _banana, _plain, _types
 from aurora._version import __version__
 from aurora.errors import IncompatibleVersion, LimitExceeded, SerializationError
 
@@ -145,21 +145,42 @@ class Broker(pb.Broker):
         self.describedInterfaces: set[str] = set()
         self._readyWaiters: list[defer.Deferred] = []
         self.flow = Flow(self, self.factory.clock, **self.factory.flowLimits)
+        # Stock banana's decoder copies the rest of the buffer for every
+        # token; this one reads at an offset (same wire format).
+        self._decoder = _banana.Decoder(self._gotExpression)
         for name, value in getattr(self.factory, "wireLimits", {}).items():
             setattr(self, name, value)
         self.transport.registerProducer(self.flow, True)
         self._direct = isinstance(self.transport, tcp.Connection) and \
             hasattr(self.transport, "_tempDataBuffer")
+        # Each message is written as soon as it is made (see _write): with
+        # Nagle's algorithm a second small message would wait for the ACK of
+        # the first, which the peer delays by up to 40 ms.
+        socket = self.transport
+        while socket is not None and not isinstance(socket, tcp.Connection):
+            socket = getattr(socket, "transport", None)  # under TLS
+        if socket is not None:
+            socket.setTcpNoDelay(True)
         super().connectionMade()
 
     _direct = False  # whether the transport is a plain socket we may send on
 
     def sendEncoded(self, obj: Any) -> None:
-        out: list[bytes] = []
-        self._encode(obj, out.append)
-        self._write(b"".join(out))
+        if self.currentDialect == b"pb":
+            self._write(_banana.encode(obj))
+        else:  # the handshake, or a peer that chose the "none" dialect
+            self._write(_banana.encode(obj, vocabulary=None))
 
     def _write(self, data: bytes) -> None:
+        corked = _Cork.pending
+        if corked is None:
+            self._send(data)
+        elif self in corked:
+            corked[self].append(data)
+        else:
+            corked[self] = [data]
+
+    def _send(self, data: bytes) -> None:
         # Twisted's write only buffers: the bytes go out on the next reactor
         # turn, after two epoll_ctl calls to watch for writability.  When
         # nothing is queued before them, send them now; what the kernel does
@@ -173,6 +194,20 @@ class Broker(pb.Broker):
                     return
                 data = data[sent:]
         t.write(data)
+
+    def sendUpdate(self, cacheable: Any, update: bytes) -> bool:
+        """
+        Send C{update} (see L{sharedUpdate}) to this peer's mirror of
+        C{cacheable}; False if the peer no longer mirrors it.
+        """
+        if self.disconnected:
+            return False
+        luid = self.cachedRemotelyAs(cacheable)
+        if luid is None:
+            return False
+        self._write(b"".join((_UPDATE_HEAD, _banana.encode(self.newRequestID()),
+                              _banana.encode(luid), update)))
+        return True
 
     def close(self) -> None:
         """
@@ -256,21 +291,28 @@ class Broker(pb.Broker):
     def dataReceived(self, chunk: bytes) -> None:
         self.lastReceived = self.factory.clock.seconds()
         self._completed = False
+        decoder = self._decoder
+        outermost = _Cork.pending is None
+        if outermost:
+            _Cork.pending = {}
         try:
-            super().dataReceived(chunk)
+            decoder.feed(chunk)
         except Exception as e:
             # Malformed input (bad framing, a non-list expression, a reference
             # to nothing).  Stock Twisted logs a traceback per occurrence and
             # drops the connection; a hostile peer should not fill the log.
             self._refuse(f"a malformed message ({type(e).__name__}: {e})")
             return
+        finally:
+            if outermost:
+                _Cork.flush()
         # Banana has no limit per message, only per token: count bytes since
         # the last complete expression (at most one chunk too many) and the
         # depth of the open lists, and cut the peer off past either.
         self._inMessage = len(chunk) if self._completed else self._inMessage + len(chunk)
-        if self.disconnected or not self.listStack:
+        if self.disconnected or not (decoder.depth or decoder.pending):
             return
-        if self._inMessage > self.maxMessageBytes or len(self.listStack) > self.maxDepth:
+        if self._inMessage > self.maxMessageBytes or decoder.depth > self.maxDepth:
             self._refuse(f"a message over {self.maxMessageBytes} bytes or "
                          f"{self.maxDepth} levels deep")
 
@@ -279,12 +321,17 @@ class Broker(pb.Broker):
             return
         _Watchdog.log.warn("{peer} sent {what}; dropping the connection",
                            peer=self.transport.getPeer(), what=what)
-        self.listStack = []
-        self.buffer = b""
+        self._decoder.reset()
+        self._decoder.stopped = True
         self.transport.abortConnection()
 
-    def expressionReceived(self, sexp: Any) -> None:
+    def _gotExpression(self, sexp: Any) -> None:
         self._completed = True
+        self.callExpressionReceived(sexp)
+        if self.disconnected:
+            self._decoder.stopped = True
+
+    def expressionReceived(self, sexp: Any) -> None:
         if _depth(sexp, self.maxDepth) > self.maxDepth:
             requestID = sexp[1] if len(sexp) > 1 and isinstance(sexp[1], int) else None
             if sexp[:1] == [b"message"] and requestID is not None:
@@ -343,6 +390,13 @@ class Broker(pb.Broker):
 
     def serialize(self, object: Any, perspective: Any = None, method: Any = None,
                   args: Any = None, kw: Any = None) -> Any:
+        try:
+            result = _plain.jellyPlain(object)
+        except _plain.NotPlain:
+            pass
+        else:
+            self._lastTxn = []  # nothing registered, nothing to undo
+            return result
         outer, txn = self._txn, []
         self._txn = txn
         try:
@@ -387,6 +441,12 @@ class Broker(pb.Broker):
             self._undo(self._lastTxn)
             self._sendError(_unencodable(e), requestID)
 
+    def unserialize(self, sexp: Any, perspective: Any = None) -> Any:
+        try:
+            return _plain.unjellyPlain(sexp)
+        except _plain.NotPlain:
+            return super().unserialize(sexp, perspective)
+
     def proto_answer(self, requestID: int, netResult: Any) -> None:
         d = self.waitingForAnswers.pop(requestID)
         try:
@@ -416,6 +476,47 @@ class Broker(pb.Broker):
         if not isinstance(descriptions, list):
             descriptions = []
         return self.factory.wrapReference(ref, names, self.factory, descriptions)
+
+
+# [b"cachemessage", requestID, luid, b"update", answerRequired, args, kw]:
+# what PB's RemoteCacheObserver.callRemote("update", name, value,
+# pbanswer=False) sends, cut where the per-connection part ends.
+_UPDATE_HEAD = _banana.listHeader(7) + _banana.encode(b"cachemessage")
+
+
+def sharedUpdate(name: str, value: Any) -> bytes | None:
+    """
+    The encoded tail of a model update that is the same on every connection
+    (a value made of basic types), so a change observed by many peers is
+    encoded once; None when the value needs each connection's own jelly
+    (it holds references or declared types).
+    """
+    try:
+        args = _plain.jellyPlain((name, value))
+    except _plain.NotPlain:
+        return None
+    try:
+        return b"".join(_banana.encode(x) for x in (b"update", 0, args, [b"dictionary"]))
+    except banana.BananaError:
+        return None
+
+
+class _Cork:
+    """
+    What the brokers write while this process handles what arrived: sent
+    when it is done, one write per connection.  A batch of pipelined calls
+    is answered with one send, and a burst of model changes reaches each
+    observer in one, as Twisted's own buffering would do, without its
+    per-write cost (see L{Broker._send}).
+    """
+
+    pending: dict[Broker, list[bytes]] | None = None
+
+    @classmethod
+    def flush(cls) -> None:
+        pending, cls.pending = cls.pending, None
+        for broker, parts in pending.items():
+            broker._send(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def _depth(sexp: Any, limit: int) -> int:

@@ -23,7 +23,8 @@ from twisted.persisted.crefutil import NotKnown
 
 from aurora import _schema, signals
 from aurora._types import Declared
-from aurora._wire import REF_ATOM
+from aurora._plain import NotPlain, unjellyPlain
+from aurora._wire import REF_ATOM, sharedUpdate
 from aurora.errors import (
     Error,
     NoSuchMethod,
@@ -40,6 +41,14 @@ def _text(name: Any) -> str:
 
 
 def _unserializeCall(broker: Any, args: Any, kw: Any) -> tuple[tuple, dict]:
+    try:
+        args, kw = unjellyPlain(args), unjellyPlain(kw)
+    except NotPlain:
+        pass  # the full unjelly, checked below
+    else:
+        if type(args) in (tuple, list) and type(kw) is dict:
+            return tuple(args), {_text(k): v for k, v in kw.items()}
+        raise SerializationError("malformed call: arguments are not a list and a dict")
     try:
         args = broker.unserialize(args)
         kw = broker.unserialize(kw)
@@ -241,12 +250,20 @@ class Model(Declared, pb.Cacheable):
             return
         d[name] = value
         signals.send(signals.changed, self, name=name, value=value, old=old)
-        for broker, observer in list(d.get("_observers", {}).items()):
+        observers = d.get("_observers")
+        if not observers:
+            return
+        # Encoded once for every observer when it can be (stock PB jellies
+        # and encodes the update again for each connection).
+        shared = sharedUpdate(name, value)
+        for broker, observer in list(observers.items()):
             flow = broker.flow
             if flow is not None and flow.paused:
                 flow.hold(self, observer, name, value)
-            else:
+            elif shared is None:
                 self._send(broker, observer, name, value)
+            elif not broker.sendUpdate(self, shared):
+                observers.pop(broker, None)
 
     def _send(self, broker: Any, observer: Any, name: str, value: Any) -> None:
         try:

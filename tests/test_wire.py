@@ -13,10 +13,12 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.spread import banana, pb
 
 from aurora import Registry, Server, errors
+from aurora._wire import ClientFactory
+from aurora.remote import wrap
 from tests.app import IUserManager, UserManager
 
 
@@ -88,6 +90,55 @@ async def refused(d, kind):
     error = e.value
     assert isinstance(error, kind), repr(error)
     return error
+
+
+# Values that exercise every banana token and jelly's plain forms, and a
+# string big enough to arrive in many chunks.
+STOCK_VALUES = [
+    1, -1, 2**31, -(2**31) - 1, 2**200, 0.5, float("inf"), b"bytes", "text \u00e9",
+    None, True, False, [1, [2, (3, "x")]], {"a": [1, 2], 3: None}, (), [],
+    "x" * 600_000, {"nested": [{"deep": [[[["down"]]]]}]},
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stockPBClientInteroperates(target):
+    """aurora's own encoder, decoder and plain jelly against stock PB's."""
+    server, port, raw, bystander = target
+    users = await raw.view.callRemote("getManager", IUserManager.__identifier__)
+    for value in STOCK_VALUES:
+        assert await users.callRemote("echo", value) == value
+    assert await users.callRemote("echo", value=[1, "two"]) == [1, "two"]
+
+
+class StockEcho(pb.Root):
+    def remote_echo(self, value):
+        return value
+
+
+@pytest_twisted.ensureDeferred
+async def test_stockPBServerInteroperates():
+    stock = pb.PBServerFactory(StockEcho())
+    served: list[pb.Broker] = []
+    build = stock.buildProtocol
+    stock.buildProtocol = lambda addr: (served.append(build(addr)), served[-1])[1]
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(stock)
+    factory = ClientFactory(wrap, callTimeout=10, clock=reactor)
+    broker = await TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                      port.getHost().port).connect(factory)
+    try:
+        root = await broker.whenReady()
+        for value in STOCK_VALUES:
+            assert await root.callRemote("echo", value) == value
+    finally:
+        gone = []
+        for b in (broker, *served):
+            d: defer.Deferred = defer.Deferred()
+            b.notifyOnDisconnect(lambda d=d: d.callback(None))
+            gone.append(d)
+        broker.close()
+        await defer.gatherResults(gone)
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,545 @@
+"""
+L{aurora._banana} against stock L{twisted.spread.banana.Banana}: the same
+bytes out, the same expressions (or the same refusal) in.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.spread import banana
+from twisted.spread.banana import BananaError
+
+from aurora._banana import PB_INCOMING, PB_OUTGOING, Decoder, encode, encodeInto
+
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+VOCAB_WORDS = sorted(PB_OUTGOING)
+
+
+# -- stock helpers ---------------------------------------------------------
+
+
+def stockBanana(prefixLimit: int = 64) -> banana.Banana:
+    b = banana.Banana()
+    b.connectionMade()
+    b.setPrefixLimit(prefixLimit)
+    b._selectDialect(b"pb")
+    return b
+
+
+def stockEncode(obj: Any) -> bytes:
+    parts: list[bytes] = []
+    stockBanana()._encode(obj, parts.append)
+    return b"".join(parts)
+
+
+def stockDecode(chunks: list[bytes], prefixLimit: int = 64):
+    """The expressions stock decodes, the exception it raised, and its state."""
+    b = stockBanana(prefixLimit)
+    got: list[Any] = []
+    b.expressionReceived = got.append
+    error = None
+    try:
+        for chunk in chunks:
+            b.dataReceived(chunk)
+    except Exception as e:
+        error = e
+    return got, error, len(b.buffer), len(b.listStack)
+
+
+def ourDecode(chunks: list[bytes], prefixLimit: int = 64, sizeLimit: int | None = None):
+    got: list[Any] = []
+    kw = {} if sizeLimit is None else {"sizeLimit": sizeLimit}
+    d = Decoder(got.append, prefixLimit=prefixLimit, **kw)
+    error = None
+    try:
+        for chunk in chunks:
+            d.feed(chunk)
+    except Exception as e:
+        error = e
+    return got, error, d.pending, d.depth
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that tells floats apart by their bits (nan, -0.0)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("!d", a) == struct.pack("!d", b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def normalised(obj: Any) -> Any:
+    """What an expression decodes as: tuples become lists, bools ints."""
+    if isinstance(obj, (list, tuple)):
+        return [normalised(x) for x in obj]
+    if isinstance(obj, bool):
+        return int(obj)
+    return obj
+
+
+@contextmanager
+def stockSizeLimit(limit: int) -> Iterator[None]:
+    """Stock's decoder reads the module constant, not its attribute."""
+    saved = banana.SIZE_LIMIT
+    banana.SIZE_LIMIT = limit
+    try:
+        yield
+    finally:
+        banana.SIZE_LIMIT = saved
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """data cut at the given offsets, with no empty chunks (stock asserts)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+def assertSameOutcome(chunks: list[bytes], prefixLimit: int = 64) -> None:
+    theirs, theirError, theirPending, theirDepth = stockDecode(chunks, prefixLimit)
+    ours, ourError, ourPending, ourDepth = ourDecode(chunks, prefixLimit)
+    assert same(ours, theirs), (ours, theirs)
+    assert type(ourError) is type(theirError), (ourError, theirError)
+    if theirError is None:
+        assert (ourPending, ourDepth) == (theirPending, theirDepth)
+
+
+# -- strategies ------------------------------------------------------------
+
+boundaryInts = st.sampled_from(
+    [0, 1, 127, 128, 16383, 16384, 1023, 1024, -1, -127, -128,
+     2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63, -(2**63),
+     2**448 - 1, -(2**448) + 1]
+)
+ints = st.one_of(
+    boundaryInts,
+    st.integers(-(2**40), 2**40),
+    st.integers(-(2**448) + 1, 2**448 - 1),
+)
+byteStrings = st.one_of(
+    st.sampled_from(VOCAB_WORDS),
+    st.binary(max_size=40),
+    st.binary(min_size=1000, max_size=1100),
+)
+floats = st.floats(allow_nan=True, allow_infinity=True)
+atoms = st.one_of(ints, byteStrings, floats, st.booleans())
+expressions = st.recursive(
+    atoms,
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.lists(children, max_size=6).map(tuple),
+    ),
+    max_leaves=40,
+)
+cuts = st.lists(st.integers(min_value=0, max_value=10**6), max_size=12)
+
+# Bytes that are mostly tokens, so that random input gets past the first
+# few bytes: short prefixes, every type byte (and some invalid ones).
+tokenish = st.lists(
+    st.one_of(
+        st.sampled_from([bytes([b]) for b in range(0x80, 0x89)] + [b"\xff"]),
+        st.binary(max_size=3).map(lambda b: bytes(x & 0x7F for x in b)),
+        st.binary(max_size=4),
+    ),
+    max_size=30,
+).map(b"".join)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """A valid encoding, then damaged: bytes flipped, dropped, added, cut."""
+    data = bytearray(encode(draw(expressions)))
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "drop", "insert", "truncate"]))
+        at = draw(st.integers(0, len(data)))
+        if op == "flip" and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif op == "drop":
+            del data[at : at + draw(st.integers(1, 3))]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=3))
+        elif op == "truncate":
+            del data[at:]
+    return bytes(data)
+
+
+# -- encoding --------------------------------------------------------------
+
+
+@SETTINGS
+@given(expressions, cuts)
+def test_roundTripMatchesStock(obj: Any, cutAt: list[int]) -> None:
+    """
+    encode writes stock's bytes, and Decoder, fed them in any pieces, yields
+    what stock decodes from them.
+    """
+    data = encode(obj)
+    assert data == stockEncode(obj)
+    chunks = split(data, cutAt)
+    theirs, theirError, _, _ = stockDecode(chunks)
+    assert theirError is None
+    ours, ourError, pending, depth = ourDecode(chunks)
+    assert ourError is None
+    assert same(ours, theirs)
+    assert (pending, depth) == (0, 0)
+    if not (isinstance(obj, float) and math.isnan(obj)):
+        assert same(ours, [normalised(obj)]) or _hasNan(obj)
+
+
+def _hasNan(obj: Any) -> bool:
+    if isinstance(obj, (list, tuple)):
+        return any(_hasNan(x) for x in obj)
+    return isinstance(obj, float) and math.isnan(obj)
+
+
+def test_encodeInto() -> None:
+    out = [b"before"]
+    encodeInto([b"message", 300, b"x"], out)
+    assert b"".join(out[1:]) == stockEncode([b"message", 300, b"x"])
+    assert out[0] == b"before"
+
+
+def test_encodeKnownBytes() -> None:
+    """A few encodings spelled out, so the property is not stock vs itself."""
+    assert encode([]) == b"\x00\x80"
+    assert encode(b"message") == b"\x1a\x87"
+    assert encode(b"ab") == b"\x02\x82ab"
+    assert encode(200) == b"\x48\x01\x81"
+    assert encode(-1) == b"\x01\x83"
+    assert encode(2**31) == b"\x00\x00\x00\x00\x08\x85"
+    assert encode(-(2**31) - 1) == b"\x01\x00\x00\x00\x08\x86"
+    assert encode(1.5) == b"\x84" + struct.pack("!d", 1.5)
+    assert encode((True, False)) == b"\x02\x80\x01\x81\x00\x81"
+
+
+def test_encodeWithoutVocabulary() -> None:
+    parts: list[bytes] = []
+    b = banana.Banana()
+    b.connectionMade()
+    b._selectDialect(b"none")
+    b._encode([b"message", b"tuple"], parts.append)
+    assert encode([b"message", b"tuple"], vocabulary=None) == b"".join(parts)
+    assert encode(b"x", vocabulary={b"x": 300}) == b"\x2c\x02\x87"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        "text",
+        {b"a": 1},
+        None,
+        object(),
+        bytearray(b"x"),
+        2**448,
+        -(2**448),
+        [1, [2, None]],
+        b"x" * (banana.SIZE_LIMIT + 1),
+        [0] * (banana.SIZE_LIMIT + 1),
+        (0,) * (banana.SIZE_LIMIT + 1),
+    ],
+    ids=repr,
+)
+def test_encodeRefusesWhatStockRefuses(obj: Any) -> None:
+    with pytest.raises(BananaError):
+        stockEncode(obj)
+    with pytest.raises(BananaError):
+        encode(obj)
+
+
+def test_encodeAtTheSizeLimit() -> None:
+    data = b"x" * banana.SIZE_LIMIT
+    assert encode(data) == stockEncode(data)
+    items = [0] * banana.SIZE_LIMIT
+    assert encode(items) == stockEncode(items)
+
+
+def test_encodeSubclasses() -> None:
+    """Stock accepts subclasses of the basic types; so does encode."""
+
+    class L(list):
+        pass
+
+    class B(bytes):
+        pass
+
+    class F(float):
+        pass
+
+    import enum
+
+    class E(enum.IntEnum):
+        big = 2**40
+
+    obj = L([B(b"tuple"), B(b"xyz"), F(2.5), E.big, L([True])])
+    assert encode(obj) == stockEncode(obj)
+
+
+# -- decoding: same outcome as stock on any input --------------------------
+
+
+@SETTINGS
+@given(st.one_of(tokenish, st.binary(max_size=60), mutated()), cuts)
+def test_arbitraryInputLikeStock(data: bytes, cutAt: list[int]) -> None:
+    """
+    On arbitrary (mostly broken) input, Decoder delivers the same expressions
+    as stock, raises the same exception class, and is left with as many
+    pending bytes and open lists.
+    """
+    assertSameOutcome(split(data, cutAt))
+
+
+@SETTINGS
+@given(st.one_of(tokenish, mutated()), cuts, st.integers(0, 4))
+def test_arbitraryInputSmallPrefixLimit(data: bytes, cutAt: list[int], limit: int) -> None:
+    """Decoder takes the short prefix paths only where the limit allows."""
+    assertSameOutcome(split(data, cutAt), prefixLimit=limit)
+
+
+@SETTINGS
+@given(st.one_of(tokenish, mutated()), cuts, st.integers(0, 40))
+def test_arbitraryInputSmallSizeLimit(data: bytes, cutAt: list[int], limit: int) -> None:
+    chunks = split(data, cutAt)
+    with stockSizeLimit(limit):
+        theirs, theirError, theirPending, theirDepth = stockDecode(chunks)
+    ours, ourError, ourPending, ourDepth = ourDecode(chunks, sizeLimit=limit)
+    assert same(ours, theirs)
+    assert type(ourError) is type(theirError)
+    if theirError is None:
+        assert (ourPending, ourDepth) == (theirPending, theirDepth)
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"\x88", NotImplementedError),
+        (b"\x05\xff", NotImplementedError),
+        (b"\x7f\x87", KeyError),
+        (b"\x00\x87", KeyError),
+        (b"\x01" * 65 + b"\x81", BananaError),
+        (b"\x01" * 65, BananaError),
+        (b"\x01" * 65 + b"\x88", BananaError),
+        (banana.encode(banana.SIZE_LIMIT + 1)[:-1] + b"\x82", BananaError),
+        (banana.encode(banana.SIZE_LIMIT + 1)[:-1] + b"\x80", BananaError),
+    ],
+)
+def test_malformed(data: bytes, error: type[Exception]) -> None:
+    """Each refusal stock makes, with the exception it raises."""
+    assert type(stockDecode([data])[1]) is error
+    with pytest.raises(error):
+        Decoder(lambda e: None).feed(data)
+
+
+def test_oneByteAtATime() -> None:
+    obj = [b"message", 7, b"root", [2**100, -5, 1.25, [], [[]], b"y" * 300], -(2**40)]
+    data = encode(obj)
+    got: list[Any] = []
+    d = Decoder(got.append)
+    for i in range(len(data)):
+        assert got == []
+        d.feed(data[i : i + 1])
+    assert got == [normalised(obj)]
+    assert (d.pending, d.depth) == (0, 0)
+
+
+def test_manyMessagesInOneChunk() -> None:
+    messages = [[b"message", i, b"x" * i] for i in range(50)] + [b"s", 3, []]
+    got: list[Any] = []
+    Decoder(got.append).feed(b"".join(encode(m) for m in messages))
+    assert got == messages
+
+
+def test_emptyChunk() -> None:
+    """Stock asserts on an empty chunk while bytes are pending; we accept it."""
+    got: list[Any] = []
+    d = Decoder(got.append)
+    d.feed(b"\x02")
+    d.feed(b"")
+    d.feed(b"\x82a")
+    d.feed(b"")
+    d.feed(b"b")
+    assert got == [b"ab"]
+
+
+# -- state the owner reads between feeds -----------------------------------
+
+
+def test_depthAndPendingMidMessage() -> None:
+    data = encode([b"message", [1, [b"abcdef", 2]], 3])
+    got: list[Any] = []
+    d = Decoder(got.append)
+    assert (d.depth, d.pending) == (0, 0)
+    # 3-list, VOCAB, 2-list, 1, 2-list, then the string's header and 2 bytes
+    head = b"\x03\x80\x1a\x87\x02\x80\x01\x81\x02\x80"
+    assert data.startswith(head + b"\x06\x82")
+    d.feed(head + b"\x06\x82ab")
+    assert (d.depth, d.pending) == (3, 4)
+    d.feed(b"cd")
+    assert (d.depth, d.pending) == (3, 6)
+    d.feed(b"ef\x02")
+    assert (d.depth, d.pending) == (3, 1)
+    d.feed(b"\x81")  # completes the two inner lists at once
+    assert (d.depth, d.pending) == (1, 0)
+    d.feed(b"\x03")
+    assert (d.depth, d.pending) == (1, 1)
+    assert got == []
+    d.feed(b"\x81")
+    assert (d.depth, d.pending) == (0, 0)
+    assert got == [[b"message", [1, [b"abcdef", 2]], 3]]
+
+
+def test_pendingInsideCallback() -> None:
+    """While onExpression runs, pending counts only what follows."""
+    seen = []
+    d = Decoder(lambda e: seen.append((e, d.pending, d.depth)))
+    d.feed(encode(1) + encode([2]) + b"\x05\x82ab")
+    assert seen == [(1, 8, 0), ([2], 4, 0)]
+    assert d.pending == 4
+
+
+def test_stopped() -> None:
+    """Setting stopped in onExpression drops the rest of the input, now and later."""
+    got: list[Any] = []
+
+    def onExpression(e: Any) -> None:
+        got.append(e)
+        if e == b"stop":
+            d.stopped = True
+
+    d = Decoder(onExpression)
+    d.feed(encode(b"a") + encode(b"stop") + encode(b"b") + b"\x01\x80")
+    assert got == [b"a", b"stop"]
+    assert (d.pending, d.depth) == (0, 0)
+    d.feed(encode(b"c"))
+    assert got == [b"a", b"stop"]
+    d.reset()
+    assert d.stopped is False
+    d.feed(encode(b"d"))
+    assert got == [b"a", b"stop", b"d"]
+
+
+def test_stoppedSetBetweenFeeds() -> None:
+    """The owner may also set stopped between feeds: later input is ignored."""
+    got: list[Any] = []
+    d = Decoder(got.append)
+    d.feed(b"\x02\x80\x01\x81")
+    assert d.depth == 1
+    d.stopped = True
+    d.feed(b"\x02\x81")
+    assert got == []
+
+
+def test_reset() -> None:
+    got: list[Any] = []
+    d = Decoder(got.append)
+    d.feed(b"\x02\x80\x01\x81\x05\x82ab")
+    assert (d.depth, d.pending) == (1, 4)
+    d.reset()
+    assert (d.depth, d.pending) == (0, 0)
+    d.feed(encode([b"x"]))
+    assert got == [[b"x"]]
+
+
+def test_callbackErrorLeavesTheRestPending() -> None:
+    got: list[Any] = []
+
+    def onExpression(e: Any) -> None:
+        if e == b"boom":
+            raise ValueError(e)
+        got.append(e)
+
+    d = Decoder(onExpression)
+    with pytest.raises(ValueError):
+        d.feed(encode(b"boom") + encode(b"after") + b"\x01")
+    assert d.pending == len(encode(b"after")) + 1
+    d.feed(b"\x81")
+    assert got == [b"after", 1]
+
+
+# -- limits ----------------------------------------------------------------
+
+
+def test_prefixLimit() -> None:
+    """
+    A prefix with no type byte yet is refused only once longer than the
+    limit; a prefix of exactly the limit is fine.
+    """
+    d = Decoder(lambda e: None)
+    d.feed(b"\x00" * 64)
+    assert d.pending == 64
+    with pytest.raises(BananaError):
+        d.feed(b"\x00")
+
+    got: list[Any] = []
+    d = Decoder(got.append)
+    d.feed(b"\x7f" * 64 + b"\x85")
+    assert got == [2 ** (64 * 7) - 1]
+
+    d = Decoder(got.append, prefixLimit=3)
+    d.feed(b"\x01\x01\x01\x81")
+    with pytest.raises(BananaError):
+        d.feed(b"\x01\x01\x01\x01\x81")
+
+    d = Decoder(got.append, prefixLimit=0)
+    d.feed(b"\x81")
+    assert got[-1] == 0
+    with pytest.raises(BananaError):
+        d.feed(b"\x01")
+
+
+def test_sizeLimit() -> None:
+    """
+    A string or list over the limit is refused from its header, before any
+    of its contents arrive; one at the limit is accepted.
+    """
+    from twisted.spread.banana import int2b128
+
+    def header(n: int, typ: bytes) -> bytes:
+        parts: list[bytes] = []
+        int2b128(n, parts.append)
+        return b"".join(parts) + typ
+
+    for typ in (b"\x80", b"\x82"):
+        d = Decoder(lambda e: None)
+        d.feed(header(banana.SIZE_LIMIT, typ))
+        with pytest.raises(BananaError):
+            Decoder(lambda e: None).feed(header(banana.SIZE_LIMIT + 1, typ))
+
+    got: list[Any] = []
+    d = Decoder(got.append, sizeLimit=3)
+    d.feed(b"\x03\x82abc\x03\x80\x00\x80\x00\x80\x00\x80")
+    assert got == [b"abc", [[], [], []]]
+    with pytest.raises(BananaError):
+        d.feed(b"\x04\x82")
+    with pytest.raises(BananaError):
+        Decoder(got.append, sizeLimit=3).feed(b"\x04\x80")
+
+
+def test_largeStringInSmallChunks() -> None:
+    """A string arriving in many chunks is decoded once it is complete."""
+    data = encode([b"put", b"z" * 100_000])
+    got: list[Any] = []
+    d = Decoder(got.append)
+    for i in range(0, len(data) - 1, 1000):
+        d.feed(data[i : i + 1000])
+    assert got == [[b"put", b"z" * 100_000]]
+    assert d.pending == 0
+
+
+def test_vocabulary() -> None:
+    got: list[Any] = []
+    Decoder(got.append).feed(b"\x02\x80\x01\x87\x1f\x87")
+    assert got == [[b"None", b"uncache"]]
+    assert PB_INCOMING[31] == b"uncache"
+    Decoder(got.append, vocabulary={300: b"custom"}).feed(b"\x2c\x02\x87")
+    assert got[-1] == b"custom"
