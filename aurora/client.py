@@ -91,7 +91,10 @@ class Client:
         (None: none); expiry raises L{aurora.errors.Timeout}.
     @param heartbeat: seconds between pings (None: no heartbeat, no timeout).
     @param timeout: seconds of silence after which the connection is dead
-        (default: twice C{heartbeat}).  The server is told, and drops this
+        (default: 1.75 times C{heartbeat}, so that a silent partition is
+        noticed within twice the heartbeat, timer delays included; a pong
+        may be up to three quarters of a heartbeat late before that is
+        mistaken for one).  The server is told, and drops this
         client after the same silence.
     @param reconnectDelay: the backoff's initial delay; the first retry comes
         within twice this.
@@ -128,7 +131,7 @@ class Client:
         self._connectTimeout = connectTimeout
         self._heartbeat = heartbeat
         self._timeout = timeout if timeout is not None else (
-            2 * heartbeat if heartbeat else None)
+            1.75 * heartbeat if heartbeat else None)
         self._referenceLimit = referenceLimit
         self._opaque = opaque
         self._tracker = Tracker()

@@ -37,11 +37,19 @@ class Session:
         return registry
 
     async def restart(self, *args: str) -> None:
-        """SIGKILL the server, wait for the client to notice, start it again."""
+        """
+        SIGKILL the server, wait for the client to notice, start it again.
+        L{reconnected} then waits for the client to be back: armed here,
+        since it may be back before this returns.
+        """
         lost = self.disconnected.next()
+        self._back = self.connected.next()
         await self.server.kill()
         await lost
         self.server = await ServerProcess.start(self.server.port, *args)
+
+    async def reconnected(self) -> None:
+        await self._back
 
     async def close(self) -> None:
         self.connected.close()
@@ -69,7 +77,7 @@ async def test_sameObjectsWorkAfterServerRestart(session):
         await session.restart("--online", "alice")
         # While the server was down, calls failed at once (checked in
         # test_callsDuringOutageFailFast); now wait for the resync.
-        await session.connected.next()
+        await session.reconnected()
         assert session.connected.events == [{"registry": registry}]
         assert len(session.disconnected.events) == 1
         assert await registry.getManager(IUserManager) is users
@@ -127,12 +135,12 @@ async def test_goneInterfaceFailsThenRecovers(session):
     registry = await session.connect()
     admin = await registry.getManager(IAdmin)
     await session.restart("--no-admin")
-    await session.connected.next()
+    await session.reconnected()
     with pytest.raises(errors.UnknownInterface, match="tests.app.IAdmin"):
         await admin.ping()
     assert isinstance(referenceError(admin), errors.UnknownInterface)
     await session.restart()
-    await session.connected.next()
+    await session.reconnected()
     assert referenceError(admin) is None
     assert await admin.ping() == "pong"
     assert await registry.getManager(IAdmin) is admin
@@ -144,7 +152,7 @@ async def test_noReplayMirrorBecomesStale(session):
     users = await registry.getManager(IUserManager)
     opened = await users.openModel("bob")
     await session.restart()
-    await session.connected.next()
+    await session.reconnected()
     assert isinstance(referenceError(opened), errors.StaleReference)
     assert "noReplay" in str(referenceError(opened))
     with pytest.raises(errors.StaleReference):
@@ -158,7 +166,7 @@ async def test_listedModelsMatchedByKeyField(session):
     alice, bob = await users.listModels()
     assert (alice.name, bob.name) == ("alice", "bob")
     await session.restart("--reverse", "--online", "bob")
-    await session.connected.next()
+    await session.reconnected()
     assert (alice.name, alice.online) == ("alice", False)
     assert (bob.name, bob.online) == ("bob", True)
     following = SignalLog(signals.changed, alice)
@@ -218,7 +226,7 @@ async def test_heartbeatDetectsSilentPartitionAndRecovers(partitioned):
         started = reactor.seconds()
         await lost
         detection = reactor.seconds() - started
-        # The heartbeat's timeout is 0.4 s; TCP alone would not notice for
+        # The heartbeat's timeout is 0.35 s; TCP alone would not notice for
         # minutes.  Loose bound for a loaded machine: behaviour, not speed.
         assert detection < 5.0, detection
         with pytest.raises(errors.ConnectionLost):
