@@ -45,7 +45,10 @@ def _jelly(obj: Any, seen: set[int], depth: int) -> Any:
     if t in _LEAVES:
         return obj
     if t is str:
-        return [b"unicode", obj.encode("utf-8")]
+        try:
+            return [b"unicode", obj.encode("utf-8")]
+        except UnicodeEncodeError:  # a lone surrogate: jelly's own error
+            raise NotPlain from None
     if obj is None:
         return [b"None"]
     if t is bool:

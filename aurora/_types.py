@@ -37,9 +37,19 @@ def _receiver(name: bytes) -> Callable[[Any, list], Any]:
     return receive
 
 
+def _reserved(name: bytes) -> bool:
+    # jelly's and PB's own atoms ("list", "remote", "aurora.ref", ...): a type
+    # declared under one would take over how that atom is read.
+    return b"." not in name or name == b"aurora.ref"
+
+
 def declareClass(cls: type) -> None:
     """Record C{cls} under its type name so that peers may send it."""
     name = cls.typeName.encode("utf-8")
+    if _reserved(name):
+        raise ValueError(
+            f"{qual(cls)}.typeName {cls.typeName!r} is not a dotted name "
+            "(module.Class) or is aurora's own; give it one")
     known = _declared.get(name)
     if known is not None and qual(known) != qual(cls):
         raise ValueError(
@@ -81,8 +91,8 @@ def registerOpaque(name: str, opaque: type, fields: Any,
     declares itself always wins.
     """
     key = name.encode("utf-8")
-    if key in _declared:
-        return
+    if key in _declared or _reserved(key):
+        return  # an upstream may not redefine a declared type or an atom
     if not (isinstance(fields, (list, tuple)) and all(
             isinstance(f, str) and not f.startswith("_") for f in fields)):
         raise ValueError(f"bad fields for opaque type {name!r}: {fields!r}")

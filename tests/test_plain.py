@@ -125,3 +125,24 @@ def test_anySexpIsEitherRefusedOrReadAsJellyReadsIt(sexp):
 def test_irregularFormsGoToJelly(sexp):
     with pytest.raises(NotPlain):
         unjellyPlain(sexp)
+
+
+def test_atomsCannotBeTakenOverByDeclaredOrAdvertisedTypes():
+    from aurora import Copyable
+    from aurora._types import registerOpaque
+    from aurora.remoteable import OpaqueCopy
+
+    with pytest.raises(ValueError, match="dotted"):
+        class Hijack(Copyable):
+            typeName = "list"
+            fields = ("x",)
+    before = dict(jelly.unjellyableRegistry)
+    for name in ("list", "unicode", "remote", "aurora.ref"):
+        registerOpaque(name, OpaqueCopy, ["x"])  # what a hostile upstream could advertise
+    assert jelly.unjellyableRegistry == before
+    assert unjellyPlain([b"list", [b"unicode", b"x"]]) == ["x"]
+
+
+def test_loneSurrogateGoesToJelly():
+    with pytest.raises(NotPlain):
+        jellyPlain("\ud800")
