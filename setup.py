@@ -19,5 +19,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "pytest-timeout>=2.2",
                  "hypothesis>=6"],
+        # The peers the benchmark suite measures aurora against.
+        "bench": ["Pyro5>=5.14", "rpyc>=6"],
     },
 )
