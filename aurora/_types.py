@@ -91,8 +91,11 @@ def registerOpaque(name: str, opaque: type, fields: Any,
     declares itself always wins.
     """
     key = name.encode("utf-8")
-    if key in _declared or _reserved(key):
-        return  # an upstream may not redefine a declared type or an atom
+    if key in _declared or _reserved(key) or (
+            key in jelly.unjellyableRegistry and key not in _opaque):
+        # An upstream may not redefine a declared type, an atom, or a type
+        # Twisted registered (pb.CopyableFailure).
+        return
     if not (isinstance(fields, (list, tuple)) and all(
             isinstance(f, str) and not f.startswith("_") for f in fields)):
         raise ValueError(f"bad fields for opaque type {name!r}: {fields!r}")

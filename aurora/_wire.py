@@ -173,12 +173,23 @@ class Broker(pb.Broker):
 
     def _write(self, data: bytes) -> None:
         corked = _Cork.pending
-        if corked is None:
+        # Only plain sockets are corked: TLS batches writes by itself, and
+        # drops what is written after it started closing.
+        if corked is None or not self._direct:
             self._send(data)
-        elif self in corked:
-            corked[self].append(data)
-        else:
-            corked[self] = [data]
+            return
+        parts = corked.get(self)
+        if parts is None:
+            corked[self] = parts = []
+            _Cork.sizes[self] = 0
+        parts.append(data)
+        _Cork.sizes[self] += len(data)
+        if _Cork.sizes[self] > _Cork.LIMIT:
+            # A burst: hand it to the transport now, so that a peer that
+            # does not read pauses the Flow as it would without the cork.
+            del corked[self]
+            del _Cork.sizes[self]
+            self._send(b"".join(parts))
 
     def _send(self, data: bytes) -> None:
         # Twisted's write only buffers: the bytes go out on the next reactor
@@ -187,6 +198,7 @@ class Broker(pb.Broker):
         # not take is queued as usual, so the order of bytes is kept.
         t = self.transport
         if self._direct and t.connected and not t.disconnecting and \
+                not getattr(t, "_aborting", False) and \
                 not t._tempDataBuffer and len(t.dataBuffer) == t.offset:
             sent = t.writeSomeData(data)
             if isinstance(sent, int):
@@ -323,6 +335,8 @@ class Broker(pb.Broker):
                            peer=self.transport.getPeer(), what=what)
         self._decoder.reset()
         self._decoder.stopped = True
+        if _Cork.pending is not None:
+            _Cork.pending.pop(self, None)  # no answers to a refused peer
         self.transport.abortConnection()
 
     def _gotExpression(self, sexp: Any) -> None:
@@ -510,13 +524,20 @@ class _Cork:
     per-write cost (see L{Broker._send}).
     """
 
+    LIMIT = 64 * 1024  # bytes held for one connection, at most
     pending: dict[Broker, list[bytes]] | None = None
+    sizes: dict[Broker, int] = {}
 
     @classmethod
     def flush(cls) -> None:
         pending, cls.pending = cls.pending, None
+        cls.sizes = {}
         for broker, parts in pending.items():
-            broker._send(parts[0] if len(parts) == 1 else b"".join(parts))
+            try:
+                broker._send(parts[0] if len(parts) == 1 else b"".join(parts))
+            except Exception:
+                _Watchdog.log.failure("cannot write to {peer}",
+                                      peer=broker.transport.getPeer())
 
 
 def _depth(sexp: Any, limit: int) -> int:

@@ -138,6 +138,8 @@ class Manager(pb.Referenceable):
         # call costs more than the rest of the dispatch.
         if isinstance(result, defer.Deferred):
             d = result
+        elif isinstance(result, Failure):
+            d = defer.fail(result)
         elif isinstance(result, CoroutineType):
             d = defer.Deferred.fromCoroutine(result)
         else:

@@ -137,7 +137,8 @@ def test_atomsCannotBeTakenOverByDeclaredOrAdvertisedTypes():
             typeName = "list"
             fields = ("x",)
     before = dict(jelly.unjellyableRegistry)
-    for name in ("list", "unicode", "remote", "aurora.ref"):
+    for name in ("list", "unicode", "remote", "aurora.ref",
+                 "twisted.spread.pb.CopyableFailure"):
         registerOpaque(name, OpaqueCopy, ["x"])  # what a hostile upstream could advertise
     assert jelly.unjellyableRegistry == before
     assert unjellyPlain([b"list", [b"unicode", b"x"]]) == ["x"]
