@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 from typing import Any, Callable, Mapping
 
 from twisted.python.reflect import fullyQualifiedName
 from twisted.spread import banana
 from twisted.spread.banana import BananaError
 
-__all__ = ["Decoder", "encode", "encodeInto", "listHeader", "PB_OUTGOING", "PB_INCOMING"]
+__all__ = ["Decoder", "Refusal", "encode", "encodeInto", "listHeader", "PB_OUTGOING", "PB_INCOMING"]
 
 PB_OUTGOING: dict[bytes, int] = dict(banana.Banana.outgoingVocabulary)
 PB_INCOMING: dict[int, bytes] = dict(banana.Banana.incomingVocabulary)
@@ -71,17 +72,62 @@ def _b128decode(buf: bytes, start: int, stop: int) -> int:
     return num
 
 
+class Refusal(Exception):
+    """
+    Why L{Decoder} refused the message it was decoding.
+
+    @ivar kind: C{"bytes"}, C{"items"} or C{"depth"}: the budget crossed;
+        C{"pool"}: a budget shared with other decoders (see L{Decoder.refuse}).
+    @ivar limit: that budget.
+    """
+
+    def __init__(self, kind: str, limit: int) -> None:
+        super().__init__(kind, limit)
+        self.kind = kind
+        self.limit = limit
+
+    def __str__(self) -> str:
+        if self.kind == "bytes":
+            return f"a message over {self.limit} bytes"
+        if self.kind == "items":
+            return f"a message of over {self.limit} items"
+        if self.kind == "pool":
+            return ("a message while the budget shared by all connections for "
+                    f"messages in progress ({self.limit}) is in use")
+        return f"a message nested over {self.limit} levels deep"
+
+
+# Skipping a refused message keeps one count per open list: bound how many.
+_MAX_SKIP_DEPTH = 10_000
+
+
 class Decoder:
     """
-    An incremental banana decoder.
+    An incremental banana decoder that holds each message to a budget.
 
     Feed it bytes as they arrive; it calls C{onExpression} with each complete
     top-level expression, in order.  Lists decode as lists, strings as bytes,
     floats as floats, VOCAB tokens through C{vocabulary}.
 
+    Each top-level expression (a I{message}) may take at most C{maxBytes}
+    bytes, C{maxItems} items (the declared lengths of its lists, summed:
+    what decoding it allocates, charged before anything is built) and
+    C{maxDepth} levels of nesting.  A message that crosses one is refused
+    at that moment: the lists built so far are dropped and C{onRefused(why,
+    head)} is called with a L{Refusal} and the message's first items decoded
+    so far (e.g. C{[b"message", 7]}).  If it returns True, the rest of the
+    message is skipped without being built (banana's length prefixes make
+    that cheap) and C{onSkipped(head)} is called when it has passed; if it
+    returns False, the decoder stops (see L{stopped}).  A message over
+    C{maxBytes} cannot be skipped: skipping is for messages within the
+    byte budget that would build too much.
+
     @ivar stopped: set it to C{True} inside C{onExpression} to make L{feed}
         return at once, dropping the rest of its input and anything fed later
         (until L{reset}).
+    @ivar paused: set it to C{True} inside C{onExpression} to make L{feed}
+        return after that expression, keeping the rest of its input (and
+        whatever is fed later) until L{resume}.
     @ivar prefixLimit: the longest prefix accepted, in bytes.
     @ivar sizeLimit: the longest list or string accepted.
     """
@@ -93,16 +139,28 @@ class Decoder:
         prefixLimit: int = 64,
         sizeLimit: int = banana.SIZE_LIMIT,
         vocabulary: Mapping[int, bytes] = PB_INCOMING,
+        maxBytes: int = sys.maxsize,
+        maxItems: int = sys.maxsize,
+        maxDepth: int = sys.maxsize,
+        onRefused: Callable[[Refusal, list[Any]], bool] | None = None,
+        onSkipped: Callable[[list[Any]], None] | None = None,
     ) -> None:
         self.onExpression = onExpression
         self.prefixLimit = prefixLimit
         self.sizeLimit = sizeLimit
         self.vocabulary = vocabulary
+        self.maxBytes = maxBytes
+        self.maxItems = maxItems
+        self.maxDepth = maxDepth
+        self.onRefused = onRefused
+        self.onSkipped = onSkipped
+        self._feeding = False
         self.reset()
 
     def reset(self) -> None:
-        """Drop all buffered bytes and open lists, and clear L{stopped}."""
+        """Drop all buffered bytes and open lists; clear L{stopped} and L{paused}."""
         self.stopped = False
+        self.paused = False
         # Unconsumed input is _buf[_pos:] followed by the chunks in _more.
         self._buf = b""
         self._pos = 0
@@ -114,6 +172,16 @@ class Decoder:
         self._need = 0
         # Open lists as (items so far, declared length), innermost last.
         self._stack: list[tuple[list[Any], int]] = []
+        # The message being decoded: bytes consumed by its tokens in
+        # earlier feeds, and the items its lists declared so far.
+        self._consumed = 0
+        self._items = 0
+        # While skipping a refused message: the items left in each open
+        # list (innermost last), string bytes still to pass over, and what
+        # onSkipped is told.
+        self._skip: list[int] | None = None
+        self._skipBytes = 0
+        self._head: list[Any] = []
 
     @property
     def depth(self) -> int:
@@ -124,6 +192,61 @@ class Decoder:
     def pending(self) -> int:
         """The number of bytes received but not yet decoded."""
         return len(self._buf) - self._pos + self._moreLen
+
+    @property
+    def messageBytes(self) -> int:
+        """Bytes of the message under way received so far (0 between messages)."""
+        return self._consumed + self.pending
+
+    @property
+    def messageItems(self) -> int:
+        """Items the lists of the message under way declared so far."""
+        return self._items
+
+    @property
+    def skipping(self) -> bool:
+        """Whether a refused message is being passed over."""
+        return self._skip is not None
+
+    def resume(self) -> None:
+        """Clear L{paused} and decode what was kept."""
+        self.paused = False
+        if not self._feeding and not self.stopped:
+            self.feed(b"")
+
+    def refuse(self, why: Refusal) -> None:
+        """
+        Refuse the message under way from outside the decoder (a budget
+        shared with other decoders ran out), as if it had crossed its own.
+        """
+        if self._skip is None and not self.stopped and \
+                (self._stack or self.pending):
+            self._refuse(why, None)
+
+    def _refuse(self, why: Refusal, opening: int | None) -> bool:
+        """
+        Drop what the message built; True if the rest is to be skipped.
+        C{opening} is the length of a list whose header was just read, to
+        be skipped with the rest.
+        """
+        stack = self._stack
+        head = list(stack[0][0][:5]) if stack else []
+        counts = [size - len(items) for items, size in stack]
+        stack.clear()
+        self._items = 0
+        skip = why.kind != "bytes" and self.onRefused is not None
+        if skip:
+            skip = self.onRefused(why, head)
+        elif self.onRefused is not None:
+            self.onRefused(why, head)
+        if not skip or self.stopped:
+            self.stopped = True
+            return False
+        if opening is not None:
+            counts.append(opening)
+        self._skip = counts
+        self._head = head
+        return True
 
     def feed(self, chunk: bytes) -> None:
         """
@@ -139,10 +262,23 @@ class Decoder:
         """
         if self.stopped:
             return
+        if self._skipBytes and chunk:
+            # The rest of a refused message's string: pass over it unread.
+            n = min(self._skipBytes, len(chunk))
+            self._skipBytes -= n
+            if self._skip is not None:
+                self._consumed += n
+            chunk = chunk[n:]
+            if self._skipBytes:
+                self._checkBytes()
+                return
         more = self._more
-        more.append(chunk)
-        self._moreLen += len(chunk)
-        if len(self._buf) - self._pos + self._moreLen < self._need:
+        if chunk:
+            more.append(chunk)
+            self._moreLen += len(chunk)
+        if self.paused or \
+                len(self._buf) - self._pos + self._moreLen < self._need:
+            # (A string's bytes were held to the budget at its header.)
             return
         if self._pos:
             more.insert(0, memoryview(self._buf)[self._pos :])
@@ -154,9 +290,42 @@ class Decoder:
         self._buf = buf
         self._pos = 0
         self._need = 0
+        self._feeding = True
+        try:
+            pos = 0
+            end = len(buf)
+            while pos < end and not self.stopped and not self.paused:
+                if self._skip is not None:
+                    pos = self._skipSome(buf, pos, end)
+                    if self._skip is not None:
+                        break
+                else:
+                    pos = self._decode(buf, pos, end)
+                    if self._skip is None:
+                        break
+            if self.stopped:
+                self._buf = b""
+                self._pos = 0
+                self._stack.clear()
+                return
+            if pos < end:
+                self._buf = buf[pos:] if pos else buf
+            else:
+                self._buf = b""
+            self._pos = 0
+        finally:
+            self._feeding = False
+        self._checkBytes()
 
-        pos = 0
-        end = len(buf)
+    def _checkBytes(self) -> None:
+        if self.stopped or self.paused:
+            return
+        if self._consumed + self.pending > self.maxBytes and \
+                (self._stack or self._skip is not None or self.pending):
+            self._refuse(Refusal("bytes", self.maxBytes), None)
+
+    def _decode(self, buf: bytes, pos: int, end: int) -> int:
+        """Decode from C{pos}; the position reached."""
         stack = self._stack
         # The innermost open list, kept in locals: most tokens go there.
         items, size = stack[-1] if stack else (None, 0)
@@ -169,6 +338,13 @@ class Decoder:
         # that is too long.
         fast = prefixLimit >= 2
         need = 0
+        # Where the message under way started in this buffer: its bytes so
+        # far are this plus what earlier feeds consumed of it.
+        start = pos - self._consumed
+        budget = self.maxBytes
+        maxItems = self.maxItems
+        maxDepth = self.maxDepth
+        declared = self._items
 
         while pos < end:
             # Almost every prefix is 0 to 2 bytes: look for the type byte
@@ -201,6 +377,11 @@ class Decoder:
                 if num > sizeLimit:
                     raise BananaError("Security precaution: String too long.")
                 stop = t + 1 + num
+                if stop - start > budget:
+                    self._items = declared
+                    self._consumed = 0
+                    self._refuse(Refusal("bytes", budget), None)
+                    return pos
                 if stop > end:
                     need = stop - pos
                     break
@@ -216,6 +397,20 @@ class Decoder:
                 if num > sizeLimit:
                     raise BananaError("Security precaution: List too long.")
                 pos = t + 1
+                declared += num
+                if declared > maxItems or len(stack) >= maxDepth or \
+                        pos - start > budget:
+                    if pos - start > budget:
+                        self._refuse(Refusal("bytes", budget), None)
+                        return pos
+                    why = Refusal("items", maxItems) if declared > maxItems \
+                        else Refusal("depth", maxDepth)
+                    self._items = declared
+                    self._consumed = pos - start
+                    if self._refuse(why, num if num else None) and not num \
+                            and _passItem(self._skip):
+                        self._skipDone()
+                    return pos
                 if num:
                     items = []
                     size = num
@@ -245,21 +440,101 @@ class Decoder:
                 item = items
                 items, size = stack[-1] if stack else (None, 0)
             else:
+                if pos - start > budget:
+                    self._refuse(Refusal("bytes", budget), None)
+                    return pos
                 # Keep pending right while the owner looks.
+                self._buf = buf
                 self._pos = pos
+                self._consumed = 0
+                self._items = declared = 0
+                start = pos
                 onExpression(item)
-                if self.stopped:
-                    self._buf = b""
-                    self._pos = 0
-                    stack.clear()
-                    return
+                if self.stopped or self.paused:
+                    return pos
 
-        if pos < end:
-            self._buf = buf[pos:] if pos else buf
-        else:
-            self._buf = b""
-        self._pos = 0
         self._need = need
+        self._items = declared
+        self._consumed = pos - start
+        return pos
+
+    def _skipSome(self, buf: bytes, pos: int, end: int) -> int:
+        """Pass over a refused message's tokens from C{pos} without building them."""
+        counts = self._skip
+        assert counts is not None
+        start = pos
+        prefixLimit = self.prefixLimit
+        while pos < end:
+            token = pos
+            m = _TYPE_BYTE.search(buf, pos, pos + prefixLimit + 1)
+            if m is None:
+                if end - pos > prefixLimit:
+                    raise BananaError(
+                        "Security precaution: more than %d bytes of prefix"
+                        % (prefixLimit,))
+                break
+            t = m.start()
+            typ = buf[t]
+            num = _b128decode(buf, pos, t)
+            pos = t + 1
+            if typ == _STRING:
+                if num > self.sizeLimit:
+                    raise BananaError("Security precaution: String too long.")
+                if self._consumed + pos - start + num > self.maxBytes:
+                    self._skip = None
+                    self.stopped = True
+                    if self.onRefused is not None:
+                        self.onRefused(Refusal("bytes", self.maxBytes), self._head)
+                    return pos
+                if pos + num > end:
+                    # Passed over as it arrives (see feed), never buffered.
+                    self._skipBytes = pos + num - end
+                    pos = end
+                else:
+                    pos += num
+            elif typ == _FLOAT:
+                if pos + 8 > end:
+                    pos = token  # read it whole next time
+                    break
+                pos += 8
+            elif typ == _LIST:
+                if num > self.sizeLimit:
+                    raise BananaError("Security precaution: List too long.")
+                if num:
+                    if len(counts) >= _MAX_SKIP_DEPTH:
+                        self._skip = None
+                        self.stopped = True
+                        if self.onRefused is not None:
+                            self.onRefused(Refusal("depth", _MAX_SKIP_DEPTH), self._head)
+                        return pos
+                    counts.append(num)
+                    continue
+            elif typ not in (_INT, _LONGINT, _NEG, _LONGNEG, _VOCAB):
+                raise NotImplementedError(f"Invalid Type Byte {bytes((typ,))!r}")
+            if _passItem(counts):
+                self._consumed += pos - start
+                self._skipDone()
+                return pos
+        self._consumed += pos - start
+        return pos
+
+    def _skipDone(self) -> None:
+        head, self._head = self._head, []
+        self._skip = None
+        self._consumed = 0
+        self._items = 0
+        if self.onSkipped is not None:
+            self.onSkipped(head)
+
+
+def _passItem(counts: list[int]) -> bool:
+    """One item of the innermost list passed: True if that ends the message."""
+    while counts:
+        counts[-1] -= 1
+        if counts[-1]:
+            return False
+        counts.pop()
+    return True
 
 
 def listHeader(n: int) -> bytes:

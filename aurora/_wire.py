@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import socket as _socket
+from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer, tcp
@@ -24,22 +26,33 @@ from twisted.spread import banana, jelly, pb
 from twisted.spread.flavors import RemoteCacheObserver
 
 from aurora import _banana, _plain, _types
+from aurora._limits import MIB, DecodingPool, Limits
+from aurora._quiet import LogLimiter
 from aurora._version import __version__
 from aurora.errors import IncompatibleVersion, LimitExceeded, SerializationError
 
-PROTOCOL_VERSION = 1
-"""aurora's wire protocol version, exchanged by C{hello} at connect."""
+PROTOCOL_VERSION = 2
+"""aurora's wire protocol version, exchanged by C{hello} at connect.  2: a
+connection's limits are raised at login, for the identity, never by C{hello}."""
 
 REF_ATOM = b"aurora.ref"
 """C{[REF_ATOM, luid, [interface names], [descriptions]]}: a manager sent by
 reference, with the description of each interface the connection has not
 described yet (so a relay or the CLI knows its methods without its module)."""
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 16 * MIB
 """The largest message (one top-level banana expression) a peer may send."""
 
 MAX_DEPTH = 100
 """The deepest nesting of lists in one message (unjelly recurses)."""
+
+PROBE_ID = b"aurora.probe"
+"""The object a server's idle probe is addressed to: no peer has it, so any
+PB peer answers with an error, which is all the probe asks for."""
+
+# The setting that bounds each kind of refusal, for messages people can act on.
+_SETTING = {"bytes": "maxMessageBytes", "items": "maxMessageItems",
+            "depth": "maxDepth", "pool": "maxDecodingBytes/maxDecodingItems"}
 
 _RECEIVABLE = frozenset(
     [
@@ -133,23 +146,30 @@ class Broker(pb.Broker):
     lastReceived = 0.0
     _watch: Any = None
     _isReady = False
-    maxMessageBytes = MAX_MESSAGE_BYTES
-    maxDepth = MAX_DEPTH
-    _inMessage = 0  # bytes of the message being received, at most this
-    _completed = False
-    referenceLimit = pb.MAX_BROKER_REFS
+    limits = Limits()
+    loggedIn = True  # a server's connections start out not logged in
+    referenceLimit = limits.referenceLimit
     flow: Flow | None = None
+    _socket: Any = None  # the TCP connection under any TLS
+    _messageSince: float | None = None  # when the message under way began
+    _refusal: _banana.Refusal | None = None  # of the message being skipped
 
     def connectionMade(self) -> None:
-        self.lastReceived = self.factory.clock.seconds()
+        factory = self.factory
+        self.lastReceived = factory.clock.seconds()
         self.describedInterfaces: set[str] = set()
         self._readyWaiters: list[defer.Deferred] = []
-        self.flow = Flow(self, self.factory.clock, **self.factory.flowLimits)
+        self.flow = Flow(self, factory.clock, **factory.flowLimits)
+        self._pool: DecodingPool | None = getattr(factory, "pool", None)
+        self.peerLog: LogLimiter = factory.peerLog
+        self._pauses: set[str] = set()
+        self._callsInProgress = 0
         # Stock banana's decoder copies the rest of the buffer for every
-        # token; this one reads at an offset (same wire format).
-        self._decoder = _banana.Decoder(self._gotExpression)
-        for name, value in getattr(self.factory, "wireLimits", {}).items():
-            setattr(self, name, value)
+        # token; this one reads at an offset (same wire format), and holds
+        # each message to this connection's budgets as it decodes.
+        self._decoder = _banana.Decoder(
+            self._gotExpression, onRefused=self._onRefused, onSkipped=self._onSkipped)
+        self.setLimits(factory.limits, loggedIn=factory.loggedIn)
         self.transport.registerProducer(self.flow, True)
         self._direct = isinstance(self.transport, tcp.Connection) and \
             hasattr(self.transport, "_tempDataBuffer")
@@ -161,7 +181,40 @@ class Broker(pb.Broker):
             socket = getattr(socket, "transport", None)  # under TLS
         if socket is not None:
             socket.setTcpNoDelay(True)
+        self._socket = socket
         super().connectionMade()
+        idle = getattr(factory, "idleTimeout", None)
+        if idle:
+            self.watchIdle(idle)
+
+    def watchIdle(self, idleTimeout: float, timeout: float | None = None) -> None:
+        """
+        A server's watch on its peer: probe it after C{idleTimeout} seconds
+        of silence and drop it if the probe goes unanswered for half as long
+        again (or after C{timeout} of silence, the peer's own heartbeat
+        promise, if shorter); drop it too if one message takes longer than
+        C{idleTimeout} to arrive (a peer trickling bytes to hold a slot).
+        """
+        limit = 1.5 * idleTimeout if timeout is None else min(1.5 * idleTimeout, timeout)
+        self.watch(limit, idleTimeout, self.probe, quiet=True,
+                   messageTimeout=idleTimeout)
+
+    def setLimits(self, limits: Limits, *, loggedIn: bool = True) -> None:
+        """This connection's budgets from now on (see L{Limits})."""
+        self.limits = limits
+        self.loggedIn = loggedIn
+        self.referenceLimit = limits.referenceLimit
+        decoder = self._decoder
+        decoder.maxBytes = limits.maxMessageBytes
+        decoder.maxItems = limits.maxMessageItems
+        decoder.maxDepth = limits.maxDepth
+
+    @property
+    def peer(self) -> str:
+        """The peer's address, for log lines."""
+        address = self.transport.getPeer() if self.transport is not None else None
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
 
     _direct = False  # whether the transport is a plain socket we may send on
 
@@ -192,6 +245,13 @@ class Broker(pb.Broker):
             self._send(b"".join(parts))
 
     def _send(self, data: bytes) -> None:
+        flow = self.flow
+        if flow is not None and (flow.paused or flow.outbox):
+            # The transport's buffer is full: what is written waits here,
+            # counted against maxOutboundBytes (Twisted's own buffer has no
+            # bound: a peer that does not read would make it grow forever).
+            flow.queue(data)
+            return
         # Twisted's write only buffers: the bytes go out on the next reactor
         # turn, after two epoll_ctl calls to watch for writability.  When
         # nothing is queued before them, send them now; what the kernel does
@@ -301,61 +361,235 @@ class Broker(pb.Broker):
                 self.remotelyCachedObjects[luid].decref()
 
     def dataReceived(self, chunk: bytes) -> None:
-        self.lastReceived = self.factory.clock.seconds()
-        self._completed = False
+        now = self.factory.clock.seconds()
+        self.lastReceived = now
         decoder = self._decoder
         outermost = _Cork.pending is None
         if outermost:
             _Cork.pending = {}
         try:
             decoder.feed(chunk)
+            if self._pool is not None and not decoder.stopped:
+                refusal = self._pool.charge(self, decoder.messageBytes,
+                                            decoder.messageItems)
+                if refusal is not None:
+                    self._pool.release(self)
+                    decoder.refuse(refusal)
         except Exception as e:
-            # Malformed input (bad framing, a non-list expression, a reference
-            # to nothing).  Stock Twisted logs a traceback per occurrence and
-            # drops the connection; a hostile peer should not fill the log.
+            # Malformed input (bad framing, an invalid type byte).  Stock
+            # Twisted logs a traceback per occurrence and drops the
+            # connection; a hostile peer should not fill the log.
             self._refuse(f"a malformed message ({type(e).__name__}: {e})")
             return
         finally:
             if outermost:
                 _Cork.flush()
-        # Banana has no limit per message, only per token: count bytes since
-        # the last complete expression (at most one chunk too many) and the
-        # depth of the open lists, and cut the peer off past either.
-        self._inMessage = len(chunk) if self._completed else self._inMessage + len(chunk)
-        if self.disconnected or not (decoder.depth or decoder.pending):
-            return
-        if self._inMessage > self.maxMessageBytes or decoder.depth > self.maxDepth:
-            self._refuse(f"a message over {self.maxMessageBytes} bytes or "
-                         f"{self.maxDepth} levels deep")
+        if decoder.messageBytes and not decoder.stopped:
+            if self._messageSince is None:
+                self._messageSince = now
+        else:
+            self._messageSince = None
 
     def _refuse(self, what: str) -> None:
+        """Drop the peer for C{what} it sent: one warning, no traceback."""
         if self.disconnected:
             return
-        _Watchdog.log.warn("{peer} sent {what}; dropping the connection",
-                           peer=self.transport.getPeer(), what=what)
+        self.peerLog.warn(("refused", id(self)),
+                          "{peer} sent {what}; dropping the connection",
+                          peer=self.peer, what=what)
         self._decoder.reset()
         self._decoder.stopped = True
+        if self._pool is not None:
+            self._pool.release(self)
         if _Cork.pending is not None:
             _Cork.pending.pop(self, None)  # no answers to a refused peer
         self.transport.abortConnection()
 
+    def _onRefused(self, why: _banana.Refusal, head: list[Any]) -> bool:
+        """
+        A message crossed a budget while being decoded: skip the rest and
+        answer it with L{LimitExceeded} if that can be done without building
+        it (a call or an answer, after login, within the byte budget); else
+        drop the peer.
+        """
+        setting = _SETTING.get(why.kind, why.kind)
+        if not self.loggedIn:
+            self._refuse(f"{why} before logging in (the limit before login)")
+            return False
+        if why.kind == "bytes" or not _answerable(head):
+            self._refuse(f"{why} ({setting})")
+            return False
+        self._refusal = why
+        return True
+
+    def _onSkipped(self, head: list[Any]) -> None:
+        why, self._refusal = self._refusal, None
+        if self._pool is not None:
+            self._pool.release(self)
+        if why is None:
+            return
+        setting = _SETTING.get(why.kind, why.kind)
+        error = LimitExceeded(
+            f"refused {why}: over this connection's {setting}; send it in pieces",
+            limit=why.limit)
+        kind, requestID = head[0], head[1]
+        if kind in (b"message", b"cachemessage"):
+            if head[4]:
+                self._sendError(error, requestID)
+        else:
+            d = self.waitingForAnswers.pop(requestID, None)
+            if d is not None:
+                d.errback(Failure(error))
+        self.peerLog.warn(("skipped", id(self)),
+                          "{peer} sent {why}; answered with LimitExceeded",
+                          peer=self.peer, why=str(why))
+
     def _gotExpression(self, sexp: Any) -> None:
-        self._completed = True
-        self.callExpressionReceived(sexp)
+        try:
+            self.callExpressionReceived(sexp)
+        except Exception as e:
+            self._badInput(sexp, e)
         if self.disconnected:
             self._decoder.stopped = True
 
-    def expressionReceived(self, sexp: Any) -> None:
-        if _depth(sexp, self.maxDepth) > self.maxDepth:
-            requestID = sexp[1] if len(sexp) > 1 and isinstance(sexp[1], int) else None
-            if sexp[:1] == [b"message"] and requestID is not None:
-                self._sendError(LimitExceeded(
-                    f"the message nests deeper than {self.maxDepth} levels",
-                    limit=self.maxDepth), requestID)
-                return
-            self._refuse(f"an expression over {self.maxDepth} levels deep")
+    def _badInput(self, sexp: Any, e: Exception) -> None:
+        """
+        A well-framed message PB cannot act on (unknown or unhashable ids,
+        wrong arity, a non-list): drop a peer not logged in; otherwise one
+        log line per interval, no traceback, and the connection stays.
+        """
+        what = f"{type(e).__name__}: {str(e)[:200]}"
+        if not self.loggedIn:
+            self._refuse(f"a malformed message ({what})")
             return
-        super().expressionReceived(sexp)
+        self._warnPeer("a malformed message", what)
+
+    def _warnPeer(self, what: str, detail: str) -> None:
+        self.peerLog.warn(("bad input", id(self)),
+                          "{peer} sent {what} ({detail}); ignored",
+                          peer=self.peer, what=what, detail=detail)
+
+    # -- calls from the peer: validated, counted, answered
+
+    def _recvMessage(self, findObjMethod: Callable[[Any], Any], requestID: Any,
+                     objectID: Any, message: Any, answerRequired: Any,
+                     netArgs: Any, netKw: Any) -> None:
+        # Stock PB logs a traceback for fields it cannot use (an unhashable
+        # id, a message name that is not UTF-8) and keeps going; here each
+        # is one rate-limited line, and a call is answered when it can be.
+        if type(requestID) is not int or type(answerRequired) is not int or \
+                not isinstance(objectID, (bytes, int)) or \
+                not isinstance(message, bytes):
+            raise TypeError("a call with malformed fields")
+        try:
+            obj = findObjMethod(objectID)
+        except KeyError:
+            obj = None
+        if obj is None:
+            if objectID != PROBE_ID:
+                self._warnPeer("a call to an object this side does not have",
+                               f"id {objectID!r:.40}")
+            if answerRequired:
+                self._sendError(pb.CopyableFailure(pb.Error("Invalid Object ID")),
+                                requestID)
+            return
+        try:
+            name = message.decode("utf-8")
+            result = obj.remoteMessageReceived(self, name, netArgs, netKw)
+        except pb.Error as e:
+            if answerRequired:
+                self._sendError(e if isinstance(e, jelly.Jellyable)
+                                else pb.CopyableFailure(e), requestID)
+            return
+        except Exception:
+            # Not the peer's doing: aurora's own code failed.  Logged (rate-
+            # limited) with its traceback; the caller gets a bare error.
+            failure = Failure()
+            self.factory.errorLog.failure(
+                ("dispatch", failure.type), "dispatching a call from {peer} failed",
+                failure, peer=self.peer)
+            if answerRequired:
+                self._sendError(pb.CopyableFailure(pb.Error(
+                    f"the call failed on the far side ({qual(failure.type)})")),
+                    requestID)
+            return
+        if not answerRequired:
+            return
+        if not isinstance(result, defer.Deferred):
+            self._sendAnswer(result, requestID)
+            return
+        result.addCallbacks(self._sendAnswer, self._sendFailureOrError,
+                            callbackArgs=(requestID,), errbackArgs=(requestID,))
+        if not result.called:
+            self._callsInProgress += 1
+            if self._callsInProgress >= self.limits.maxPendingCalls:
+                self.pauseReading("calls")
+            result.addBoth(self._callDone)
+
+    def _callDone(self, result: Any) -> None:
+        self._callsInProgress -= 1
+        if self._callsInProgress < self.limits.maxPendingCalls:
+            self.resumeReading("calls")
+
+    # -- backpressure: what this side does not read, the peer cannot send
+
+    @property
+    def readingPaused(self) -> bool:
+        """Whether this side has stopped reading the peer (see L{pauseReading})."""
+        return bool(self._pauses)
+
+    def pauseReading(self, why: str) -> None:
+        """
+        Stop reading the peer until L{resumeReading} with the same C{why}
+        (and every other reason given) is called: TCP then stops the peer.
+        """
+        if not self._pauses and not self.disconnected:
+            self._decoder.paused = True
+            if self._socket is not None:
+                self._socket.stopReading()
+        self._pauses.add(why)
+
+    def resumeReading(self, why: str) -> None:
+        if why not in self._pauses:
+            return
+        self._pauses.discard(why)
+        if self._pauses or self.disconnected:
+            return
+        # Silence while this side was not reading is not the peer's.
+        self.lastReceived = self.factory.clock.seconds()
+        if self._socket is not None:
+            self._socket.startReading()
+        outermost = _Cork.pending is None
+        if outermost:
+            _Cork.pending = {}
+        try:
+            self._decoder.resume()
+        except Exception as e:
+            self._refuse(f"a malformed message ({type(e).__name__}: {e})")
+        finally:
+            if outermost:
+                _Cork.flush()
+
+    def hasUnread(self) -> bool:
+        """Whether bytes from the peer wait in the socket, not yet read."""
+        if self._socket is None or self.readingPaused:
+            return False
+        try:
+            return bool(self._socket.socket.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT))
+        except OSError:
+            return False
+
+    def probe(self) -> None:
+        """
+        Provoke an answer from the peer: a call to an object no peer has,
+        which any PB peer (aurora or stock) answers with an error.
+        """
+        requestID = self.newRequestID()
+        d: defer.Deferred = defer.Deferred()
+        d.addErrback(lambda f: None)
+        self.waitingForAnswers[requestID] = d
+        self.sendCall(b"message", requestID, PROBE_ID, b"ping", 1,
+                      [b"tuple"], [b"dictionary"])
 
     def connectionReady(self) -> None:
         super().connectionReady()
@@ -382,6 +616,10 @@ class Broker(pb.Broker):
     def connectionLost(self, reason: Any) -> None:
         if self._watch is not None:
             self._watch.stop()
+        if self._pool is not None:
+            self._pool.release(self)
+        self._decoder.reset()
+        self._decoder.stopped = True
         if self.flow is not None:
             # Not every transport tells its producer (TLS, lost mid-handshake,
             # may not): the lag timer must not outlive the connection.
@@ -392,14 +630,18 @@ class Broker(pb.Broker):
             d.errback(pb.PBConnectionLost("connection lost before it was ready"))
 
     def watch(self, timeout: float, interval: float | None = None,
-              ping: Callable[[], Any] | None = None) -> None:
+              ping: Callable[[], Any] | None = None, *, quiet: bool = False,
+              messageTimeout: float | None = None) -> None:
         """
         Abort the connection once nothing has arrived for C{timeout} seconds;
-        with C{ping}, call it every C{interval} seconds to provoke an answer.
+        with C{ping}, call it every C{interval} seconds to provoke an answer
+        (with C{quiet}, only once the peer has been silent that long).  See
+        L{_Watchdog}.
         """
         if self._watch is not None:
             self._watch.stop()
-        self._watch = _Watchdog(self, self.factory.clock, timeout, interval, ping)
+        self._watch = _Watchdog(self, self.factory.clock, timeout, interval, ping,
+                                quiet=quiet, messageTimeout=messageTimeout)
         self._watch.start()
 
     def serialize(self, object: Any, perspective: Any = None, method: Any = None,
@@ -462,7 +704,9 @@ class Broker(pb.Broker):
             return super().unserialize(sexp, perspective)
 
     def proto_answer(self, requestID: int, netResult: Any) -> None:
-        d = self.waitingForAnswers.pop(requestID)
+        d = self._waiting(requestID)
+        if d is None:
+            return
         try:
             result = self.unserialize(netResult)
         except Exception as e:
@@ -471,7 +715,9 @@ class Broker(pb.Broker):
             d.callback(result)
 
     def proto_error(self, requestID: int, fail: Any) -> None:
-        d = self.waitingForAnswers.pop(requestID)
+        d = self._waiting(requestID)
+        if d is None:
+            return
         self.security = ERROR_SECURITY
         try:
             error = self.unserialize(fail)
@@ -480,6 +726,24 @@ class Broker(pb.Broker):
         finally:
             self.security = SECURITY
         d.errback(error if isinstance(error, Failure) else Failure(error))
+
+    def _waiting(self, requestID: Any) -> defer.Deferred | None:
+        try:
+            d = self.waitingForAnswers.pop(requestID, None)
+        except TypeError:  # unhashable
+            d = None
+        if d is None:
+            self._warnPeer("an answer to no call", f"request id {requestID!r:.40}")
+        return d
+
+    def cacheLocally(self, cid: Any, instance: Any) -> None:
+        # A model a client sends becomes a subscription on the server: state
+        # the peer makes the server hold, counted like references.  (A
+        # client mirrors what its own calls asked for.)
+        if self.factory.countPeerCaches and cid not in self.locallyCachedObjects and \
+                len(self.locallyCachedObjects) >= self.referenceLimit:
+            raise _tooManyReferences(self.referenceLimit)
+        super().cacheLocally(cid, instance)
 
     def receiveReference(self, luid: int, names: Any, descriptions: Any) -> Any:
         """An incoming manager reference: wrap it for the application."""
@@ -536,22 +800,17 @@ class _Cork:
             try:
                 broker._send(parts[0] if len(parts) == 1 else b"".join(parts))
             except Exception:
-                _Watchdog.log.failure("cannot write to {peer}",
-                                      peer=broker.transport.getPeer())
+                broker.factory.errorLog.failure(("write", id(broker)),
+                                                "cannot write to {peer}", peer=broker.peer)
 
 
-def _depth(sexp: Any, limit: int) -> int:
-    """How deep lists nest in C{sexp}, counting no further than C{limit} + 1."""
-    deepest, stack = 0, [(sexp, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, list):
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
-            stack.extend((v, depth + 1) for v in value if isinstance(v, list))
-    return deepest
+def _answerable(head: list[Any]) -> bool:
+    """Whether a refused message can be answered: a call or an answer, by id."""
+    if len(head) < 2 or type(head[1]) is not int:
+        return False
+    if head[0] in (b"message", b"cachemessage"):
+        return len(head) >= 5 and type(head[4]) is int
+    return head[0] in (b"answer", b"error")
 
 
 class _Watchdog:
@@ -562,18 +821,29 @@ class _Watchdog:
     RST) is not, so the client pings and both sides watch what arrives.  One
     self-rescheduling timer serves both: it wakes at the next ping or at the
     silence deadline, whichever is first, so nothing is paid per packet.
+
+    Silence is judged fairly: bytes already waiting in the socket (this
+    process was too busy to read them) are read first, and while this side
+    has stopped reading the peer (backpressure), the peer is not silent.
+
+    @param interval: with C{ping}, how often to call it; with C{quiet}, how
+        long the peer may be silent before C{ping} is called (once per
+        silence: the server's idle probe).
+    @param messageTimeout: the longest a message may take to arrive whole
+        (a peer trickling a message to hold the connection), or None.
     """
 
-    log = Logger()
-
     def __init__(self, broker: Broker, clock: Any, timeout: float,
-                 interval: float | None, ping: Callable[[], Any] | None) -> None:
+                 interval: float | None, ping: Callable[[], Any] | None, *,
+                 quiet: bool = False, messageTimeout: float | None = None) -> None:
         self.broker = broker
         self.clock = clock
         self.timeout = timeout
         self.interval = interval
         self.ping = ping
-        self.lastPing = clock.seconds()
+        self.quiet = quiet
+        self.messageTimeout = messageTimeout
+        self.lastPing = float("-inf") if quiet else clock.seconds()
         self.timer: Any = None
 
     def start(self) -> None:
@@ -584,39 +854,72 @@ class _Watchdog:
             self.timer.cancel()
         self.timer = None
 
-    def _schedule(self, now: float) -> None:
-        wake = self.broker.lastReceived + self.timeout
-        if self.ping is not None and self.interval:
-            wake = min(wake, self.lastPing + self.interval)
-        self.timer = self.clock.callLater(max(0.0, wake - now), self._tick)
+    def _schedule(self, now: float, delay: float | None = None) -> None:
+        if delay is None:
+            last = self.broker.lastReceived
+            wake = last + self.timeout
+            if self.ping is not None and self.interval:
+                if not self.quiet:
+                    wake = min(wake, self.lastPing + self.interval)
+                elif self.lastPing < last:  # not probed since it last spoke
+                    wake = min(wake, last + self.interval)
+            since = self.broker._messageSince
+            if self.messageTimeout is not None and since is not None:
+                wake = min(wake, since + self.messageTimeout)
+            delay = max(0.0, wake - now)
+        self.timer = self.clock.callLater(delay, self._tick)
+
+    def _drop(self, why: str, **kw: Any) -> None:
+        broker = self.broker
+        broker.peerLog.warn(("silent", id(broker)), why + "; dropping the connection",
+                            peer=broker.peer, **kw)
+        broker.transport.abortConnection()
 
     def _tick(self) -> None:
         self.timer = None
+        broker = self.broker
         now = self.clock.seconds()
-        silent = now - self.broker.lastReceived
-        if silent >= self.timeout - 1e-9:
-            peer = self.broker.transport.getPeer()
-            self.log.warn("nothing from {peer} for {silent:.1f} s; dropping the "
-                          "connection", peer=peer, silent=silent)
-            self.broker.transport.abortConnection()
+        if broker.readingPaused:
+            # Backpressure: this side is not reading, so silence proves nothing.
+            self._schedule(now, self.timeout)
             return
-        if self.ping is not None and self.interval and \
-                now - self.lastPing >= self.interval - 1e-9:
-            self.lastPing = now
-            self.ping()
+        since = broker._messageSince
+        if self.messageTimeout is not None and since is not None and \
+                now - since >= self.messageTimeout - 1e-9:
+            self._drop("{peer} took over {seconds} s to send one message",
+                       seconds=self.messageTimeout)
+            return
+        silent = now - broker.lastReceived
+        if silent >= self.timeout - 1e-9:
+            if broker.hasUnread():
+                # This process was busy, not the peer silent: read first.
+                self._schedule(now, 0.0)
+                return
+            self._drop("nothing from {peer} for {silent:.1f} s", silent=silent)
+            return
+        if self.ping is not None and self.interval:
+            due = (silent >= self.interval - 1e-9 and self.lastPing < broker.lastReceived) \
+                if self.quiet else now - self.lastPing >= self.interval - 1e-9
+            if due:
+                self.lastPing = now
+                self.ping()
         self._schedule(now)
 
 
 class Flow:
     """
-    Paces model updates to one connection.
+    Paces what is written to one connection.
 
-    Registered as the transport's streaming producer: while the peer does
-    not read fast enough (the transport's buffer is full), updates are not
-    written but kept, one per model and field, the latest value winning.
-    Updates go out when the buffer drains.  A peer that stays behind longer than C{maxLag} seconds, or with
-    more than C{maxPending} fields waiting, is disconnected (and resyncs when
-    it reconnects, like any client).
+    Registered as the transport's streaming producer.  While the peer does
+    not read fast enough (the transport's buffer is full), nothing more is
+    handed to the transport: answers and errors wait here in order, counted
+    in bytes, and model updates are kept one per model and field, the
+    latest value winning.  Past C{maxOutboundBytes} waiting, the broker
+    stops reading the peer's requests (TCP pushes back on it).  Everything
+    goes out when the buffer drains.  A peer that stays behind longer than
+    C{maxLag} seconds, or with more than C{maxPending} model fields
+    waiting, is disconnected (and resyncs when it reconnects, like any
+    client).
     """
 
     log = Logger()
@@ -631,26 +934,47 @@ class Flow:
         self.since = 0.0
         self.timer: Any = None
         self.pending: dict[tuple[Any, str], tuple[Any, Any]] = {}
+        self.outbox: deque[bytes] = deque()
+        self.queued = 0  # bytes in outbox
 
     def pauseProducing(self) -> None:
         if not self.paused:
             self.paused = True
             self.since = self.clock.seconds()
             # A peer that does not read for maxLag is dropped, whatever is
-            # waiting for it (answers too).  Reading from it is not paused:
-            # TLS pauses this producer during its own handshake.
+            # waiting for it.  Reading from it is not paused here: TLS pauses
+            # this producer during its own handshake (see queue).
             self.timer = self.clock.callLater(self.maxLag, self._tooSlow)
 
     def _tooSlow(self) -> None:
-        self.log.warn("{peer} has not read for {lag} s; disconnecting it",
-                      peer=self.broker.transport.getPeer(), lag=self.maxLag)
-        self.pending.clear()
+        self.timer = None
+        self.broker.peerLog.warn(
+            ("slow", id(self)), "{peer} has not read for {lag} s ({queued} bytes "
+            "waiting for it); disconnecting it",
+            peer=self.broker.peer, lag=self.maxLag, queued=self.queued)
+        self._clear()
         self.broker.transport.abortConnection()
+
+    def queue(self, data: bytes) -> None:
+        """Keep C{data} for the peer until the transport takes more."""
+        self.outbox.append(data)
+        self.queued += len(data)
+        if self.queued > self.broker.limits.maxOutboundBytes:
+            self.broker.pauseReading("outbound")
 
     def resumeProducing(self) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
+        self.timer = None
         self.paused = False
+        outbox, transport = self.outbox, self.broker.transport
+        while outbox and not self.paused:
+            data = outbox.popleft()
+            self.queued -= len(data)
+            transport.write(data)  # may pause this producer again at once
+        if outbox:
+            return
+        self.broker.resumeReading("outbound")
         pending, self.pending = self.pending, {}
         items = iter(pending.items())
         for (model, name), (observer, value) in items:
@@ -660,10 +984,16 @@ class Flow:
                 break
             model._send(self.broker, observer, name, value)
 
-    def stopProducing(self) -> None:
+    def _clear(self) -> None:
         self.pending.clear()
+        self.outbox.clear()
+        self.queued = 0
+
+    def stopProducing(self) -> None:
+        self._clear()
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
+        self.timer = None
 
     def forget(self, model: Any) -> None:
         """C{model} is no longer observed here: drop what waits for it."""
@@ -675,17 +1005,19 @@ class Flow:
         self.pending[(model, name)] = (observer, value)
         lag = self.clock.seconds() - self.since
         if len(self.pending) > self.maxPending or lag > self.maxLag:
-            self.log.warn(
+            self.broker.peerLog.warn(
+                ("slow", id(self)),
                 "{peer} is {lag:.1f} s and {n} updates behind; disconnecting it",
-                peer=self.broker.transport.getPeer(), lag=lag, n=len(self.pending))
-            self.pending.clear()
+                peer=self.broker.peer, lag=lag, n=len(self.pending))
+            self._clear()
             self.broker.transport.abortConnection()
 
 
 def _tooManyReferences(limit: int) -> LimitExceeded:
     return LimitExceeded(
-        f"this connection holds {limit} references already, its limit; a "
-        "relay or a client that needs more asks for a higher referenceLimit",
+        f"this connection holds {limit} references already, its referenceLimit "
+        "(a server grants an identity more at login with Server(grants=...); a "
+        "client sets its own with Client(referenceLimit=...))",
         limit=limit,
     )
 
@@ -711,6 +1043,20 @@ def _unreadable(e: Exception) -> SerializationError:
     return SerializationError(
         f"the peer sent a value this process cannot accept: {what}; a type "
         "must be declared (imported) on both sides")
+
+
+def _receiveLocal(unjellier: Any, sexp: list) -> Any:
+    """A reference sent back to this side: it must be one this side handed out."""
+    invoker = unjellier.invoker
+    obj = invoker.localObjectForID(sexp[1]) if len(sexp) == 2 else None
+    if obj is None and isinstance(invoker, Broker):
+        raise SerializationError(
+            f"a reference to an object this connection never handed out "
+            f"(id {sexp[1:2]!r:.40})")
+    return obj
+
+
+jelly.unjellyableRegistry[b"local"] = _receiveLocal
 
 
 def _receiveRef(unjellier: Any, sexp: list) -> Any:
@@ -748,42 +1094,65 @@ class ClientFactory(pb.PBClientFactory):
     """
 
     protocol = Broker
+    pool = None  # a client's one connection needs no shared budget
+    countPeerCaches = False
+    loggedIn = True  # what the server sends is held to the full limits
 
     def __init__(self, wrapReference: Callable[..., Any], *,
-                 callTimeout: float | None, clock: Any, tracker: Any = None) -> None:
+                 callTimeout: float | None, clock: Any, tracker: Any = None,
+                 limits: Limits | None = None) -> None:
         super().__init__(security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
         self.tracker = tracker
+        self.limits = limits if limits is not None else Limits()
         self.flowLimits: dict[str, Any] = {}
+        self.peerLog = LogLimiter(Logger(namespace="aurora.wire"), clock)
+        self.errorLog = LogLimiter(Logger(namespace="aurora.wire"), clock)
         # Interfaces this client's server described (see remote.learnInterface).
         self.learned: dict[str, Any] = {}
 
 
 class ServerFactory(pb.PBServerFactory):
-    """A PB server factory building aurora brokers; settings as L{ClientFactory}."""
+    """
+    A PB server factory building aurora brokers; settings as L{ClientFactory}.
+
+    Its connections start with C{loginLimits} and get C{limits} (or their
+    identity's grant) at login; C{pool} bounds what all of them decode at
+    once.  C{peerLog} and C{errorLog} keep what peers cause from flooding
+    the log.
+    """
 
     protocol = Broker
     tracker = None  # what a server receives is not re-fetched on reconnect
     learned = None  # a server never believes its peers' interface descriptions
+    loggedIn = False
+    countPeerCaches = True
 
-    def admit(self) -> bool:
-        """Whether one more connection may be served."""
+    def admit(self, addr: Any) -> bool:
+        """Whether one more connection, from C{addr}, may be served."""
         return True
 
     def buildProtocol(self, addr: Any) -> Any:
-        if not self.admit():
+        if not self.admit(addr):
             return None  # Twisted closes the connection at once
         return super().buildProtocol(addr)
 
     def __init__(self, root: Any, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any,
                  flowLimits: dict[str, Any] | None = None,
-                 wireLimits: dict[str, Any] | None = None) -> None:
+                 limits: Limits | None = None, loginLimits: Limits | None = None,
+                 pool: DecodingPool | None = None, errorDetail: str = "type") -> None:
         super().__init__(root, security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
         self.flowLimits = flowLimits or {}
-        self.wireLimits = wireLimits or {}
+        self.loggedInLimits = limits if limits is not None else Limits()
+        self.limits = loginLimits if loginLimits is not None else Limits.beforeLogin()
+        self.pool = pool if pool is not None else DecodingPool()
+        self.errorDetail = errorDetail
+        log = Logger(namespace="aurora.server")
+        self.peerLog = LogLimiter(log, clock)
+        self.errorLog = LogLimiter(log, clock)

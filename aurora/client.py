@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aurora import _types, _wire, signals
+from aurora._limits import Limits
 from aurora.errors import (
     ConnectionFailed,
     ConnectionLost,
@@ -136,7 +137,8 @@ class Client:
         self._opaque = opaque
         self._tracker = Tracker()
         self.factory = _wire.ClientFactory(
-            wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker)
+            wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker,
+            limits=Limits(referenceLimit=referenceLimit or Limits.referenceLimit))
         self._service = ClientService(
             self._endpoint, self.factory,
             retryPolicy=retryPolicy(reconnectDelay, maxReconnectDelay),

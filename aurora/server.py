@@ -15,9 +15,12 @@ from twisted.cred import credentials, error as credError
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import directlyProvides, implementer
 
+from typing import Mapping
+
 from aurora import _schema, _types, _wire
+from aurora._limits import MIB, DecodingPool, Limits
 from aurora.auth import ANONYMOUS_ALL, Identity, IIdentity, PeerCertificate
-from aurora.errors import LoginFailed, UnknownInterface
+from aurora.errors import LimitExceeded, LoginFailed, UnknownInterface
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.remote import wrap
 from aurora.remoteable import Manager
@@ -35,26 +38,34 @@ class RegistryService(Manager):
         self._broker = broker
 
     def hello(self, peer: Any) -> dict[str, Any]:
+        refused = getattr(self._broker, "refused", None)
+        if refused is not None:
+            # Answered, then closed: the client learns why it cannot stay.
+            self._server.factory.clock.callLater(0, self._broker.close)
+            raise refused
         _wire.checkVersion(peer, "client")
         self.log.info("client {peer} connected (aurora {version})",
-                      peer=self._broker.transport.getPeer(), version=peer.get("aurora"))
+                      peer=self._broker.peer, version=peer.get("aurora"))
         timeout = peer.get("timeout")
         if isinstance(timeout, (int, float)) and timeout > 0:
             # The client pings more often than this; silence means it is gone
             # (a partition, a dead host), and with it its observers.
-            self._broker.watch(float(timeout))
-        wanted = peer.get("referenceLimit")
-        if isinstance(wanted, int) and wanted > self._broker.referenceLimit:
-            self._broker.referenceLimit = min(wanted, self._server._maxReferenceLimit)
+            self._broker.watchIdle(self._server._idleTimeout, float(timeout))
+        # (A referenceLimit the peer asks for here is ignored: limits are
+        # raised at login, for an identity; see Server(grants=...).)
         return dict(_wire.versionInfo(), referenceLimit=self._broker.referenceLimit)
 
     def ping(self) -> None:
         return None
 
     async def login(self, username: Any, password: Any) -> RegistryView:
+        refused = getattr(self._broker, "refused", None)
+        if refused is not None:
+            self._server.factory.clock.callLater(0, self._broker.close)
+            raise refused
         identity = await self._server._authenticate(self._broker, username, password)
         self._broker.identity = identity
-        self._server._loggedIn(self._broker)
+        self._server._loggedIn(self._broker, identity)
         self.log.info("{peer} logged in as {who}", peer=self._broker.transport.getPeer(),
                       who=identity.name or "anonymous")
         return RegistryView(self._registry, identity)
@@ -141,24 +152,60 @@ class Server:
 
     @param callTimeout: deadline in seconds for calls this side makes through
         references that clients send it (None: none).
-    @param referenceLimit: references (managers, models) one connection may
-        hold at once; PB's fixed 1,024 by default.
-    @param maxReferenceLimit: the most a client may ask for at connect (a
-        relay funnels its clients' references into one connection).
-    @param maxLag: seconds a client may stay behind on model updates before
-        it is disconnected; C{maxPending}: model fields waiting for it.
+    Every limit below bounds what one peer can make the server spend; the
+    README's Threat model lists them with the attack each stops.  Before a
+    connection has logged in it has far smaller budgets
+    (L{aurora._limits.Limits.beforeLogin}: 16 KiB and 1,000 items per
+    message, 16 references); a message over them closes it.
+
+    @param callTimeout: deadline in seconds for calls this side makes through
+        references that clients send it (None: none).
+    @param referenceLimit: references and model subscriptions one connection
+        may hold at once (each way); PB's 1,024 by default.
+    @param maxReferenceLimit: the most a grant may raise C{referenceLimit}
+        to.
+    @param grants: raised limits per identity, granted at login:
+        C{{"relay-eu": {"referenceLimit": 100_000}}}; the key C{None} is
+        anonymous access.  Limit names as the parameters here
+        (C{referenceLimit}, C{maxMessageBytes}, C{maxMessageItems},
+        C{maxPendingCalls}, C{maxOutboundBytes}).  A relay funnels its
+        clients' references into one connection: grant it more.
+    @param maxLag: seconds a client may stay behind (not reading) before it
+        is disconnected; C{maxPending}: model fields waiting for it.
     @param maxMessageBytes: the largest message a client may send (at most,
         and by default, L{_wire.MAX_MESSAGE_BYTES}); a larger one closes its
         connection.
+    @param maxMessageItems: the most items one message may hold (2,000,000
+        by default: a list of 100,000 small records), charged as list
+        headers arrive; a call over it is answered with
+        L{aurora.errors.LimitExceeded} without being built.
     @param maxDepth: the deepest nesting of a message (at most, and by
         default, L{_wire.MAX_DEPTH}); a deeper call is answered with
         L{aurora.errors.LimitExceeded}.
+    @param maxDecodingBytes: bytes of messages in progress on all
+        connections at once (64 MiB); C{maxDecodingItems} (4,000,000), their
+        items.  A message that would take the total past either is refused.
+    @param maxPendingCalls: calls in progress on one connection (1,000); at
+        that many the server stops reading it until one completes.
+    @param maxOutboundBytes: bytes waiting to be sent to one peer that does
+        not read (16 MiB); past it the server stops reading the peer's
+        requests, and drops the peer after C{maxLag}.
+    @param idleTimeout: seconds of silence after which the server probes a
+        connection (60); one that leaves the probe unanswered for half as
+        long again is dropped, and so is one that takes longer than this to
+        send one message.  Every connection, logged in or not.
+    @param errorDetail: what a remote caller learns of an exception that is
+        not an L{aurora.errors.Error}: C{"type"} (its type and an error id
+        that is in the server's log line) or C{"message"} (its message too;
+        for development).
     @param portal: a C{twisted.cred} portal deciding who may log in and
         which interfaces each identity may use (see L{aurora.auth.portal});
         None: everyone, anonymously, may use everything.
     @param allowInsecureLogin: accept passwords on connections without TLS
         (local development only).
-    @param maxConnections: connections served at once; more are closed.
+    @param maxConnections: connections served at once (1,000);
+        C{maxConnectionsPerAddress} (100), from one IP address.  A client
+        over either is told the server is at its connection limit.
     @param loginTimeout: seconds a connection may take to log in.
     @param reactor: the reactor that listens (default: the global one).
     @param clock: what times deadlines and timeouts (default: C{reactor}).
@@ -171,9 +218,18 @@ class Server:
                  maxConnections: int = 1000, loginTimeout: float = 30.0,
                  callTimeout: float | None = 30.0,
                  referenceLimit: int = 1024, maxReferenceLimit: int = 100_000,
+                 grants: Mapping[str | None, Mapping[str, int]] | None = None,
                  maxLag: float = 30.0, maxPending: int = 10_000,
                  maxMessageBytes: int = _wire.MAX_MESSAGE_BYTES,
+                 maxMessageItems: int = Limits.maxMessageItems,
                  maxDepth: int = _wire.MAX_DEPTH,
+                 maxDecodingBytes: int = 64 * MIB,
+                 maxDecodingItems: int = 4_000_000,
+                 maxPendingCalls: int = Limits.maxPendingCalls,
+                 maxOutboundBytes: int = Limits.maxOutboundBytes,
+                 maxConnectionsPerAddress: int = 100,
+                 idleTimeout: float = 60.0,
+                 errorDetail: str = "type",
                  reactor: Any = None, clock: Any = None) -> None:
         if not IRegistry.providedBy(registry):
             raise TypeError(
@@ -186,20 +242,46 @@ class Server:
         self._portal = portal
         self._allowInsecureLogin = allowInsecureLogin
         self._maxConnections = maxConnections
+        self._maxPerAddress = maxConnectionsPerAddress
         self._loginTimeout = loginTimeout
+        self._idleTimeout = idleTimeout
+        if errorDetail not in ("type", "message"):
+            raise ValueError(f"errorDetail must be 'type' or 'message', not {errorDetail!r}")
+        limits = Limits(
+            # Configurable downward only: the defaults bound memory and recursion.
+            maxMessageBytes=min(maxMessageBytes, _wire.MAX_MESSAGE_BYTES),
+            maxMessageItems=maxMessageItems,
+            maxDepth=min(maxDepth, _wire.MAX_DEPTH),
+            referenceLimit=referenceLimit,
+            maxPendingCalls=maxPendingCalls,
+            maxOutboundBytes=maxOutboundBytes)
+        before = Limits.beforeLogin()
+        loginLimits = Limits(**{
+            name: min(getattr(before, name), getattr(limits, name))
+            for name in ("maxMessageBytes", "maxMessageItems", "maxDepth",
+                         "referenceLimit", "maxPendingCalls", "maxOutboundBytes")})
+        # What no grant goes past: maxReferenceLimit, and the nesting that
+        # unjelly's recursion allows.
+        self._grantCap = Limits(
+            maxMessageBytes=16 * _wire.MAX_MESSAGE_BYTES, maxMessageItems=2**31,
+            maxDepth=_wire.MAX_DEPTH, referenceLimit=maxReferenceLimit,
+            maxPendingCalls=2**31, maxOutboundBytes=2**40)
+        self._grants = dict(grants or {})
+        for grant in self._grants.values():
+            limits.granted(grant)  # a bad name or value fails here, not at login
         self.factory = _wire.ServerFactory(
             _Root(self), wrap, callTimeout=callTimeout,
             clock=clock if clock is not None else reactor,
             flowLimits={"maxLag": maxLag, "maxPending": maxPending},
-            # Configurable downward only: the defaults bound memory and recursion.
-            wireLimits={"maxMessageBytes": min(maxMessageBytes, _wire.MAX_MESSAGE_BYTES),
-                        "maxDepth": min(maxDepth, _wire.MAX_DEPTH)},
-        )
-        self._referenceLimit = referenceLimit
-        self._maxReferenceLimit = maxReferenceLimit
-        self.factory.admit = lambda: len(self._brokers) < self._maxConnections
+            limits=limits, loginLimits=loginLimits,
+            pool=DecodingPool(maxDecodingBytes, maxDecodingItems),
+            errorDetail=errorDetail)
+        self.factory.idleTimeout = idleTimeout
+        self.factory.admit = self._admit
         self._ports: list[IListeningPort] = []
         self._brokers: set[Any] = set()
+        self._perAddress: dict[str, int] = {}
+        self._refusing = 0  # connections being told the server is full
 
     def listen(self, endpoint: str | IStreamServerEndpoint) -> defer.Deferred:
         """
@@ -220,26 +302,71 @@ class Server:
 
         return endpoint.listen(self.factory).addCallback(listening)
 
+    def _admit(self, addr: Any) -> bool:
+        """
+        Whether a connection from C{addr} is served.  One over a limit is
+        accepted only to be told why it cannot stay (at most a tenth of
+        C{maxConnections} at once; past that, closed at once).
+        """
+        host = getattr(addr, "host", str(addr))
+        full = len(self._brokers) - self._refusing >= self._maxConnections
+        crowded = self._perAddress.get(host, 0) >= self._maxPerAddress
+        self._pendingRefusal = None
+        if full or crowded:
+            what = (f"{self._maxConnections} connections, its maxConnections" if full
+                    else f"{self._maxPerAddress} connections from {host}, its "
+                    "maxConnectionsPerAddress")
+            self.factory.peerLog.warn(
+                ("connection limit", full), "refused a connection from {peer}: the "
+                "server is at its connection limit ({what})", peer=host, what=what)
+            if self._refusing >= max(10, self._maxConnections // 10):
+                return False
+            self._pendingRefusal = LimitExceeded(
+                f"the server is at its connection limit ({what}); try again later",
+                limit=self._maxConnections if full else self._maxPerAddress)
+            return True
+        self._perAddress[host] = self._perAddress.get(host, 0) + 1
+        self._pendingHost = host
+        return True
+
     def _connected(self, broker: Any) -> RegistryService:
-        # Called from buildProtocol: there is no transport yet.
+        # Called from buildProtocol, after _admit: there is no transport yet.
+        refusal, self._pendingRefusal = self._pendingRefusal, None
         self._brokers.add(broker)
-        timer = self.factory.clock.callLater(
-            self._loginTimeout, lambda: broker.transport.abortConnection())
+        clock = self.factory.clock
+        if refusal is not None:
+            self._refusing += 1
+            broker.refused = refusal
+            timer = clock.callLater(5.0, lambda: broker.transport.abortConnection())
+            host = None
+        else:
+            timer = clock.callLater(
+                self._loginTimeout, lambda: broker.transport.abortConnection())
+            host = self._pendingHost
         broker.loginTimer = timer
 
         def gone() -> None:
             self._brokers.discard(broker)
             if timer.active():
                 timer.cancel()
-            self.log.info("client {peer} disconnected", peer=broker.transport.getPeer())
+            if refusal is not None:
+                self._refusing -= 1
+                return
+            left = self._perAddress.get(host, 1) - 1
+            if left:
+                self._perAddress[host] = left
+            else:
+                self._perAddress.pop(host, None)
+            self.log.info("client {peer} disconnected", peer=broker.peer)
 
         broker.notifyOnDisconnect(gone)
-        broker.referenceLimit = self._referenceLimit
         return RegistryService(self, broker)
 
-    def _loggedIn(self, broker: Any) -> None:
+    def _loggedIn(self, broker: Any, identity: Identity) -> None:
         if broker.loginTimer.active():
             broker.loginTimer.cancel()
+        grant = self._grants.get(identity.name)
+        broker.setLimits(self.factory.loggedInLimits.granted(grant, self._grantCap))
 
     async def _authenticate(self, broker: Any, username: Any, password: Any) -> Identity:
         """The identity for these credentials, or L{LoginFailed}."""

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from twisted.spread import banana
 from twisted.spread.banana import BananaError
 
-from aurora._banana import PB_INCOMING, PB_OUTGOING, Decoder, encode, encodeInto
+from aurora._banana import (
+    PB_INCOMING, PB_OUTGOING, Decoder, Refusal, encode, encodeInto, listHeader,
+)
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -543,3 +545,163 @@ def test_vocabulary() -> None:
     assert PB_INCOMING[31] == b"uncache"
     Decoder(got.append, vocabulary={300: b"custom"}).feed(b"\x2c\x02\x87")
     assert got[-1] == b"custom"
+
+
+# -- budgets ---------------------------------------------------------------
+
+
+def declaredItems(obj: Any) -> int:
+    """What a message's lists declare in all: the decoder's item count."""
+    if isinstance(obj, (list, tuple)):
+        return len(obj) + sum(declaredItems(x) for x in obj)
+    return 0
+
+
+def nesting(obj: Any) -> int:
+    if isinstance(obj, (list, tuple)):
+        return 1 + max((nesting(x) for x in obj), default=0)
+    return 0
+
+
+class Budgeted:
+    """A decoder under budgets that records what it delivers and refuses."""
+
+    def __init__(self, skip: bool = True, **limits: int) -> None:
+        self.got: list[Any] = []
+        self.refused: list[tuple[str, list[Any]]] = []
+        self.skipped: list[list[Any]] = []
+        self.skip = skip
+        self.d = Decoder(self.got.append, onRefused=self.onRefused,
+                         onSkipped=self.skipped.append, **limits)
+
+    def onRefused(self, why: Any, head: list[Any]) -> bool:
+        self.refused.append((why.kind, head))
+        return self.skip
+
+
+smallExpressions = st.recursive(
+    st.one_of(st.integers(-(2**40), 2**40), st.binary(max_size=8), st.floats()),
+    lambda children: st.lists(children, max_size=4), max_leaves=12)
+
+
+@SETTINGS
+@given(st.lists(st.lists(smallExpressions, min_size=2, max_size=4), min_size=1, max_size=5),
+       cuts, st.integers(1, 40), st.integers(1, 5))
+def test_budgetRefusesExactlyWhatIsOver(messages: list[list[Any]], cutAt: list[int],
+                                        maxItems: int, maxDepth: int) -> None:
+    """
+    Messages within the item and depth budgets arrive as they were sent;
+    each one over a budget is refused once, told with its first items, skipped
+    without being delivered, and the messages after it arrive intact, however
+    the bytes are cut.
+    """
+    messages = [[b"message", i] + m for i, m in enumerate(messages)]
+    data = b"".join(encode(m) for m in messages)
+    b = Budgeted(maxItems=maxItems, maxDepth=maxDepth)
+    for chunk in split(data, cutAt):
+        b.d.feed(chunk)
+    within = [m for m in messages
+              if declaredItems(m) <= maxItems and nesting(m) <= maxDepth]
+    over = [m for m in messages if m not in within]
+    assert same(b.got, [normalised(m) for m in within])
+    # Told with the items it had shown (up to five): none if refused at its
+    # own header, else at least the kind and request id.
+    heads = [head for _, head in b.refused]
+    assert len(heads) == len(over)
+    for m, head in zip(over, heads):
+        assert same(head, normalised(m[:len(head)]))
+        assert len(head) == 0 if len(m) > maxItems else 2 <= len(head) <= 5
+    assert b.skipped == heads
+    assert (b.d.pending, b.d.depth, b.d.skipping) == (0, 0, False)
+
+
+@SETTINGS
+@given(st.lists(expressions, min_size=1, max_size=6), cuts, st.integers(1, 3000))
+def test_byteBudgetStops(messages: list[Any], cutAt: list[int], maxBytes: int) -> None:
+    """
+    The messages before the first one over the byte budget arrive; that one
+    is refused and the decoder stops (bytes cannot be skipped cheaply).
+    """
+    encoded = [encode([m]) for m in messages]
+    b = Budgeted(maxBytes=maxBytes)
+    for chunk in split(b"".join(encoded), cutAt):
+        b.d.feed(chunk)
+    first = next((i for i, e in enumerate(encoded) if len(e) > maxBytes), None)
+    expected = messages if first is None else messages[:first]
+    assert same(b.got, [normalised([m]) for m in expected])
+    if first is None:
+        assert b.refused == [] and not b.d.stopped
+    else:
+        assert [kind for kind, _ in b.refused] == ["bytes"] and b.d.stopped
+
+
+def test_budgetChargedBeforeBuilding() -> None:
+    """
+    A list header that declares more than the budget is refused at the
+    header: nothing of it is built, and a string over the byte budget is
+    refused at its header, before its bytes arrive.
+    """
+    b = Budgeted(maxItems=1000)
+    b.d.feed(encode([b"message", 1]) [:-4] + listHeader(600_000))
+    assert b.refused == [("items", [])]  # the header came before any item
+    assert b.d.skipping
+
+    b = Budgeted(maxBytes=100)
+    b.d.feed(b"\x02\x80" + b"\x7f\x7f\x82")  # a 16383-byte string announced
+    assert [k for k, _ in b.refused] == ["bytes"] and b.d.stopped
+
+
+def test_skippedStringsAreNotBuffered() -> None:
+    """The strings of a refused message pass through without being kept."""
+    b = Budgeted(maxItems=5)
+    big = b"z" * 500_000
+    data = encode([b"message", 5, [1, 2, 3], big]) + encode([b"message", 6])
+    b.d.feed(data[:20])
+    # Told as soon as the string's header is passed; its bytes are still due.
+    assert b.skipped == [[b"message", 5]]
+    for i in range(20, len(data) - 100, 4096):
+        b.d.feed(data[i : i + 4096])
+        assert b.d.pending < 100
+    b.d.feed(data[i + 4096 :])
+    assert b.skipped == [[b"message", 5]]
+    assert b.got == [[b"message", 6]]
+
+
+def test_emptyMillionListsRefusedAtTheBudget() -> None:
+    """The amplification attack: a message of empty lists costs only its budget."""
+    b = Budgeted(skip=False, maxItems=10_000)
+    b.d.feed(listHeader(2) + listHeader(600_000) + b"\x80" * 600_000)
+    assert [k for k, _ in b.refused] == ["items"] and b.d.stopped
+    assert b.d.depth == 0
+
+
+def test_pausedKeepsTheRest() -> None:
+    """Paused inside onExpression, the decoder keeps the rest until resumed."""
+    got: list[Any] = []
+
+    def onExpression(e: Any) -> None:
+        got.append(e)
+        d.paused = True
+
+    d = Decoder(onExpression)
+    d.feed(encode(1) + encode(2) + encode(3)[:1])
+    assert got == [1]
+    d.feed(encode(3)[1:])
+    assert got == [1]
+    d.resume()
+    assert got == [1, 2]
+    d.resume()
+    assert got == [1, 2, 3]
+    d.resume()
+    assert got == [1, 2, 3] and d.pending == 0
+
+
+def test_refuseFromOutside() -> None:
+    """An owner whose shared budget ran out refuses the message under way."""
+    b = Budgeted()
+    b.d.feed(encode([b"message", 9, [1, 2, 3]])[:-2])
+    b.d.refuse(Refusal("items", 123))
+    assert b.refused == [("items", [b"message", 9])]
+    b.d.feed(encode([b"message", 9, [1, 2, 3]])[-2:] + encode([b"message", 10]))
+    assert b.skipped == [[b"message", 9]]
+    assert b.got == [[b"message", 10]]

@@ -400,13 +400,21 @@ async def test_callDeadline(served):
     clock.advance(5)  # let the server's deferLater finish
 
 
+@pytest.mark.parametrize("theirs", [
+    {"protocol": 99, "aurora": "9"},
+    # aurora 0.1.0 before protocol 2: it raised its limits with hello
+    {"protocol": 1, "aurora": "0.1.0"},
+])
 @pytest_twisted.ensureDeferred
-async def test_incompatibleProtocolVersion(served, monkeypatch):
-    monkeypatch.setattr(_wire, "versionInfo", lambda: {"protocol": 99, "aurora": "9"})
+async def test_incompatibleProtocolVersion(served, monkeypatch, theirs):
+    """A peer of another protocol version fails with both versions named."""
+    monkeypatch.setattr(_wire, "versionInfo", lambda: theirs)
     client = served.newClient()
     with pytest.raises(errors.IncompatibleVersion) as e:
         await client.getRegistry()
-    assert "protocol 99" in str(e.value) and "protocol 1" in str(e.value)
+    assert f"protocol {theirs['protocol']} (aurora {theirs['aurora']})" in str(e.value)
+    assert f"protocol {_wire.PROTOCOL_VERSION}" in str(e.value)
+    assert (e.value.local, e.value.remote) == (_wire.PROTOCOL_VERSION, theirs["protocol"])
 
 
 @pytest_twisted.ensureDeferred

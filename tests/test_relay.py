@@ -27,8 +27,9 @@ class Chain:
         self.relays: list[Relay] = []
         self.clients: list[Client] = []
 
-    async def start(self, hops: int, **relayOptions) -> None:
-        self.origin = Server(self.registry)
+    async def start(self, hops: int, originOptions: dict | None = None,
+                    **relayOptions) -> None:
+        self.origin = Server(self.registry, **(originOptions or {}))
         port = (await self.origin.listen("tcp:0:interface=127.0.0.1")).getHost().port
         self.originPort = port
         for _ in range(hops):
@@ -195,15 +196,32 @@ async def test_relayWithUpstreamDownAnswersConnectionLostAndRecovers():
 
 
 @pytest_twisted.ensureDeferred
-async def test_relayHoldsFiveThousandReferences():
+async def test_askingForMoreReferencesIsNotGettingThem():
+    """
+    A client that asks for a higher referenceLimit (before login, as aurora
+    0.1 did) is held to the stock 1,024 unless the server granted it more.
+    """
     c = Chain()
     await c.start(1)
     try:
-        # An end client with PB's stock limit is refused clearly...
-        stock = await (await c.client().getRegistry()).getManager(IUserManager)
+        users = await (await c.client(referenceLimit=10_000).getRegistry()
+                       ).getManager(IUserManager)
         with pytest.raises(errors.LimitExceeded, match="1024"):
-            await stock.makeModels(5000)
-        # ... one that asks for more gets them all, through one relay link.
+            await users.makeModels(5000)
+        other = await (await c.client().getRegistry()).getManager(IUserManager)
+        assert len(await other.makeModels(10)) == 10
+    finally:
+        await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayHoldsFiveThousandReferences():
+    c = Chain()
+    # The origin grants the relay's link, the relay its end clients.
+    await c.start(1, originOptions={"grants": {None: {"referenceLimit": 100_000}}},
+                  serverOptions={"grants": {None: {"referenceLimit": 10_000}}})
+    try:
+        # (Without the grants: test_askingForMoreReferencesIsNotGettingThem.)
         users = await (await c.client(referenceLimit=10_000).getRegistry()
                        ).getManager(IUserManager)
         models = await users.makeModels(5000)
