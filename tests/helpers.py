@@ -91,6 +91,19 @@ class RelayProcess(ServerProcess):
         return proc
 
 
+def memory(pid: int) -> dict[str, int]:
+    """A process's resident memory now (VmRSS) and at its peak (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM")}
+
+
+def resetPeak(pid: int) -> None:
+    """Start measuring C{pid}'s peak resident memory (VmHWM) from now."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
 class SignalLog:
     """Records one pydispatcher signal from one sender; C{next()} waits."""
 
