@@ -209,6 +209,17 @@ class Broker(pb.Broker):
         decoder.maxItems = limits.maxMessageItems
         decoder.maxDepth = limits.maxDepth
 
+    def mayUse(self, interfaceName: str) -> bool:
+        """
+        Whether the peer may use managers under this interface: asked of every
+        manager that crosses this connection and every call it makes.  A
+        server sets the policy (its identity's interfaces, a relay's
+        allow-list); aurora's own interfaces are always usable.
+        """
+        policy = self.factory.policy
+        return policy is None or interfaceName.startswith("aurora.interfaces.") \
+            or policy(self, interfaceName)
+
     @property
     def peer(self) -> str:
         """The peer's address, for log lines."""
@@ -861,7 +872,7 @@ class _Watchdog:
             if self.ping is not None and self.interval:
                 if not self.quiet:
                     wake = min(wake, self.lastPing + self.interval)
-                elif self.lastPing < last:  # not probed since it last spoke
+                elif self.lastPing <= last:  # not probed since it last spoke
                     wake = min(wake, last + self.interval)
             since = self.broker._messageSince
             if self.messageTimeout is not None and since is not None:
@@ -898,7 +909,7 @@ class _Watchdog:
             self._drop("nothing from {peer} for {silent:.1f} s", silent=silent)
             return
         if self.ping is not None and self.interval:
-            due = (silent >= self.interval - 1e-9 and self.lastPing < broker.lastReceived) \
+            due = (silent >= self.interval - 1e-9 and self.lastPing <= broker.lastReceived) \
                 if self.quiet else now - self.lastPing >= self.interval - 1e-9
             if due:
                 self.lastPing = now
@@ -1096,6 +1107,7 @@ class ClientFactory(pb.PBClientFactory):
     protocol = Broker
     pool = None  # a client's one connection needs no shared budget
     countPeerCaches = False
+    policy = None  # a client's server may use whatever it was sent
     loggedIn = True  # what the server sends is held to the full limits
 
     def __init__(self, wrapReference: Callable[..., Any], *,
@@ -1129,6 +1141,8 @@ class ServerFactory(pb.PBServerFactory):
     learned = None  # a server never believes its peers' interface descriptions
     loggedIn = False
     countPeerCaches = True
+    # (broker, interface name) -> whether that peer may use it; see mayUse.
+    policy: Callable[[Any, str], bool] | None = None
 
     def admit(self, addr: Any) -> bool:
         """Whether one more connection, from C{addr}, may be served."""

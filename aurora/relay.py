@@ -53,6 +53,14 @@ class CompositeRegistry:
     def _allowed(self, name: str) -> bool:
         return self.upstream is not None and (self.allow is None or name in self.allow)
 
+    def offers(self, name: str) -> bool:
+        """
+        Whether a manager under C{name} may be used through this registry,
+        however a client got it (the server asks this of every manager that
+        crosses, not only of L{getManager}).
+        """
+        return name in self.local._managers or self._allowed(name)
+
     async def _started(self) -> None:
         # Just after the relay starts, its upstream link may not be up yet:
         # wait for the first connection (bounded).  Later, an upstream that is

@@ -278,6 +278,7 @@ class Server:
             errorDetail=errorDetail)
         self.factory.idleTimeout = idleTimeout
         self.factory.admit = self._admit
+        self.factory.policy = self._mayUse
         self._ports: list[IListeningPort] = []
         self._brokers: set[Any] = set()
         self._perAddress: dict[str, int] = {}
@@ -361,6 +362,20 @@ class Server:
 
         broker.notifyOnDisconnect(gone)
         return RegistryService(self, broker)
+
+    def _mayUse(self, broker: Any, name: str) -> bool:
+        """
+        Whether C{broker}'s peer may use C{name}: its identity allows it and
+        the registry offers it (a relay's allow-list), for a manager however
+        it got there (by name, or returned by another's method).
+        """
+        identity = getattr(broker, "identity", None)
+        if identity is None:
+            return False  # not logged in: only aurora's own interfaces
+        if identity.interfaces is not None and name not in identity.interfaces:
+            return False
+        offers = getattr(self._registry, "offers", None)
+        return offers is None or offers(name)
 
     def _loggedIn(self, broker: Any, identity: Identity) -> None:
         if broker.loginTimer.active():
