@@ -705,3 +705,20 @@ def test_refuseFromOutside() -> None:
     b.d.feed(encode([b"message", 9, [1, 2, 3]])[-2:] + encode([b"message", 10]))
     assert b.skipped == [[b"message", 9]]
     assert b.got == [[b"message", 10]]
+
+
+def test_skippingRunsOfScalarsFindsTheirListsEnds() -> None:
+    """
+    Runs of scalar tokens are passed over in bulk; lists that end inside a
+    run end where they should, however the bytes are cut.
+    """
+    inner = [[0, 1, 127, 128, 300, -1, b"", [], 0.5] * (i % 7 + 1) for i in range(3000)]
+    refusedMessage = [b"message", 3, b"root", b"echo", 1, [b"tuple", inner]]
+    data = encode(refusedMessage) + encode([b"message", 4, [1, [2, 3]]])
+    for size in (1, 7, 4096, len(data)):
+        b = Budgeted(maxItems=1000)
+        for i in range(0, len(data), size):
+            b.d.feed(data[i : i + size])
+        assert b.skipped == [[b"message", 3, b"root", b"echo", 1]]
+        assert b.got == [[b"message", 4, [1, [2, 3]]]]
+        assert (b.d.pending, b.d.skipping) == (0, False)
