@@ -19,7 +19,7 @@ from zope.interface import Interface, implementedBy, providedBy
 from zope.interface.interface import InterfaceClass, Method
 from zope.interface.interfaces import IInterface, IMethod
 
-from aurora.errors import BadArguments
+from aurora.errors import BadArguments, safeRepr, safeText
 
 
 def interfaceName(iface: Any) -> str:
@@ -29,7 +29,8 @@ def interfaceName(iface: Any) -> str:
     if IInterface.providedBy(iface):
         return iface.__identifier__
     raise TypeError(
-        f"expected a zope.interface Interface or its dotted name, got {iface!r}"
+        "expected a zope.interface Interface or its dotted name, got "
+        f"{safeRepr(iface)}"
     )
 
 
@@ -113,7 +114,7 @@ def checkArguments(
         sig.bind(*args, **kw)
     except TypeError as e:
         raise BadArguments(
-            f"{iface.__identifier__}.{method.__name__}{sig}: {e}",
+            f"{iface.__identifier__}.{method.__name__}{sig}: {safeText(e)}",
             interface=iface.__identifier__,
             method=method.__name__,
         ) from None

@@ -7,16 +7,70 @@ subclass L{Error} for their own expected failures.  Each class also derives
 from the builtin or Twisted exception that code written without aurora would
 catch (L{UnknownInterface} is a C{LookupError}, L{ConnectionLost} is a
 C{pb.DeadReferenceError}, ...).
+
+An aurora message is one line, names the thing and keeps the cause, and never
+holds a memory address (C{<app.Thing object at 0x7f...>} means nothing to the
+other process and tells a peer about this one's heap): L{safeRepr} and
+L{safeText} make a value or a foreign text fit for a message, and L{Error}
+strips any address left in its message.
 """
 
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.reflect import qual
 from twisted.spread import pb
 
 from aurora._types import Declared
+
+# What a default repr adds: " at 0x7f3a2c1d9e50" (not "at 0x1F", a byte offset).
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{6,}")
+
+MAX_TEXT = 1000
+"""The most characters of a value or foreign text that go into a message."""
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 200
+_repr.maxlevel = 3
+
+
+def _withoutAddress(text: str) -> str:
+    return _ADDRESS.sub("", text) if "0x" in text else text
+
+
+def safeText(text: Any, limit: int = MAX_TEXT) -> str:
+    """
+    C{text} (an exception's message, a peer's words) fit for a message: one
+    line, no memory address, at most C{limit} characters.
+    """
+    if not isinstance(text, str):
+        try:
+            text = str(text)
+        except Exception:
+            text = f"<{qual(type(text))} that cannot be shown>"
+    if not text.isprintable():  # line breaks among others
+        text = " ".join(filter(None, (line.strip() for line in text.splitlines())))
+    text = _withoutAddress(text)
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text
+
+
+def safeRepr(value: Any) -> str:
+    """
+    A repr of C{value} fit for a message: shortened (long strings and
+    containers are cut), one line, and without a memory address (a default
+    repr becomes C{<module.Class object>}).
+    """
+    try:
+        text = _repr.repr(value)
+    except Exception:
+        text = f"<{qual(type(value))} object>"
+    return safeText(text)
 
 
 class Error(Declared, pb.Error, pb.Copyable):
@@ -24,13 +78,16 @@ class Error(Declared, pb.Error, pb.Copyable):
     Base class of aurora's errors and of application errors that should
     reach the caller as themselves.
 
-    C{Error("text", field=value)}: the message and any declared fields.
+    C{Error("text", field=value)}: the message and any declared fields.  A
+    memory address in the message (C{" at 0x7f..."}) is removed.
     """
 
     fields = ("message",)
     _kind = "error"
 
     def __init__(self, message: str = "", **fields: Any) -> None:
+        if isinstance(message, str):
+            message = _withoutAddress(message)
         super().__init__(message)
         unknown = set(fields) - set(self._fields)
         if unknown:
@@ -82,11 +139,19 @@ class RemoteError(Error):
     """
     An exception that is not an L{Error} was raised on the far side.
 
-    C{remoteType} is its dotted class name, as a C{str}.  No traceback
-    travels; the server logs it.
+    C{remoteType} is its dotted class name, as a C{str}; C{errorId} is the
+    id of the server's log line with its traceback (None from a peer that
+    sends none).  The message names the type, the method and the id::
+
+        builtins.RuntimeError in myapp.IUserManager.getUser (error id 3f2a9c1e)
+
+    Neither the exception's message nor its traceback travels: either may
+    hold what the caller must not see (a password in a database URL).  A
+    server made with C{errorDetail="message"} (for development) adds the
+    message after the method name.
     """
 
-    fields = ("remoteType",)
+    fields = ("remoteType", "errorId")
 
 
 class SerializationError(Error, TypeError):

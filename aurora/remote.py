@@ -30,6 +30,8 @@ from aurora.errors import (
     NoSuchMethod,
     RemoteError,
     Timeout,
+    safeRepr,
+    safeText,
 )
 from aurora.interfaces import IRegistry
 from aurora.remoteable import Manager, Model
@@ -46,9 +48,10 @@ def registerWrapper(iface: InterfaceClass, wrapperClass: type[Wrapper]) -> None:
     interface method goes over the wire.
     """
     if not IInterface.providedBy(iface):
-        raise TypeError(f"{iface!r} is not a zope.interface Interface")
+        raise TypeError(f"{safeRepr(iface)} is not a zope.interface Interface")
     if not (isinstance(wrapperClass, type) and issubclass(wrapperClass, Wrapper)):
-        raise TypeError(f"{wrapperClass!r} is not a subclass of aurora.remote.Wrapper")
+        raise TypeError(
+            f"{safeRepr(wrapperClass)} is not a subclass of aurora.remote.Wrapper")
     _wrapperClasses[iface.__identifier__] = wrapperClass
     _registered[iface.__identifier__] = iface
 
@@ -166,7 +169,7 @@ class Wrapper(Manager):
             # Also what keeps hasattr() probes (jelly asks for "postUnjelly")
             # from turning into remote calls.
             raise NoSuchMethod(
-                f"{', '.join(self._names)} has no method {name!r}",
+                f"{', '.join(self._names)} has no method {safeRepr(name)}",
                 interface=", ".join(self._names),
                 method=name,
             )
@@ -243,13 +246,15 @@ def _translate(failure: Failure, ref: Any, where: str) -> Failure:
     if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
         return Failure(_connectionLost(ref, where))
     if isinstance(failure, pb.CopiedFailure):
-        # An error PB itself raised on the far side (e.g. an unknown object).
+        # An error PB itself raised on the far side (e.g. an unknown object),
+        # or anything a stock PB server sends: its words, made one line.
         remoteType = failure.type
         if isinstance(remoteType, bytes):
             remoteType = remoteType.decode("utf-8", "replace")
+        remoteType = safeText(remoteType, 200)
         return Failure(
-            RemoteError(f"{where}: {remoteType}: {failure.value}",
-                        remoteType=str(remoteType))
+            RemoteError(f"{where}: {remoteType}: {safeText(failure.value)}",
+                        remoteType=remoteType)
         )
     return failure
 
@@ -274,7 +279,9 @@ class Origin:
         return depth
 
     def __repr__(self) -> str:
-        return f"<{self.parent!r}.{self.method}{self.args!r}>"
+        # Named in StaleReference messages: the arguments shortened, without
+        # addresses.
+        return f"<{self.parent!r}.{self.method}{safeRepr(self.args)}>"
 
 
 _MAX_WALK = 10_000  # objects looked at per result; a bigger result is not walked
@@ -395,7 +402,7 @@ class Registry:
         def got(manager: Any) -> Wrapper:
             if not isinstance(manager, Wrapper):
                 raise RemoteError(
-                    f"the server answered getManager({name!r}) with "
+                    f"the server answered getManager({safeRepr(name)}) with "
                     f"{qual(type(manager))}, not a manager reference",
                     remoteType=qual(type(manager)),
                 )

@@ -10,6 +10,7 @@ class.
 
 from __future__ import annotations
 
+import secrets
 import weakref
 from types import CoroutineType
 from typing import Any
@@ -22,6 +23,7 @@ from twisted.spread import pb
 from twisted.persisted.crefutil import NotKnown
 
 from aurora import _schema, signals
+from aurora._quiet import LogLimiter
 from aurora._types import Declared
 from aurora._plain import NotPlain, unjellyPlain
 from aurora._wire import REF_ATOM, sharedUpdate
@@ -31,6 +33,9 @@ from aurora.errors import (
     ReadOnlyMirror,
     RemoteError,
     SerializationError,
+    UnknownInterface,
+    safeRepr,
+    safeText,
 )
 
 _log = Logger()
@@ -56,9 +61,9 @@ def _unserializeCall(broker: Any, args: Any, kw: Any) -> tuple[tuple, dict]:
         if isinstance(e, Error):
             raise
         raise SerializationError(
-            f"the arguments could not be accepted ({type(e).__name__}: {e}): an "
-            "undeclared type, a class this side has not imported, or a "
-            "reference to an object it does not know"
+            f"the arguments could not be accepted ({type(e).__name__}: "
+            f"{safeText(e)}): an undeclared type, a class this side has not "
+            "imported, or a reference to an object it does not know"
         ) from None
     if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
         raise SerializationError("malformed call: arguments are not a list and a dict")
@@ -86,15 +91,79 @@ def _unresolved(value: Any) -> Any:
     return None
 
 
-def _toRemoteError(failure: Failure, where: str) -> Failure:
-    """Keep aurora errors; anything else travels as RemoteError, logged here."""
+# For a broker whose factory has no errorLog (not one of aurora's).
+_fallbackErrorLog: LogLimiter | None = None
+# Per limiter: (where, type) -> the error id of the last traceback it logged.
+_loggedIds: weakref.WeakKeyDictionary[LogLimiter, dict[Any, str]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _errorLog(broker: Any) -> LogLimiter:
+    """
+    Where a connection logs what application code raised: its factory's
+    C{errorLog} (one per server or client, timed by its clock), else one
+    limiter for this process.
+    """
+    global _fallbackErrorLog
+    limiter = getattr(getattr(broker, "factory", None), "errorLog", None)
+    if limiter is not None:
+        return limiter
+    if _fallbackErrorLog is None:
+        from twisted.internet import reactor
+
+        _fallbackErrorLog = LogLimiter(_log, reactor)
+    return _fallbackErrorLog
+
+
+def _toRemoteError(failure: Failure, where: str, broker: Any) -> Failure:
+    """
+    Keep aurora errors; anything else (an exception in application code)
+    travels as L{RemoteError}: its type, C{where} it was raised and an error
+    id, but not its message unless the server's factory says
+    C{errorDetail = "message"}.
+
+    The traceback is logged here with the error id, at most once per
+    interval for each C{where} and exception type (the factory's
+    C{errorLog}).  A caller whose exception is left out of the log gets the
+    id of the last traceback logged for that C{where} and type, so that
+    every id a caller sees is in the log; the next line logged for them
+    counts those left out ("and N more like it").
+    """
     if isinstance(failure.value, Error):
         return failure
-    _log.failure("{where} raised; the caller gets RemoteError", failure, where=where)
     remoteType = qual(failure.type)
-    return Failure(
-        RemoteError(f"{remoteType}: {failure.value}", remoteType=remoteType)
-    )
+    log = _errorLog(broker)
+    key = ("aurora.remoteable", where, remoteType)
+    errorId = secrets.token_hex(4)
+    ids = _loggedIds.get(log)
+    if ids is None:
+        ids = _loggedIds[log] = {}
+    if log.failure(key, "{where} raised {remoteType} (error id {errorId}); the "
+                   "caller gets RemoteError", failure, where=where,
+                   remoteType=remoteType, errorId=errorId):
+        if key not in ids and len(ids) >= log.maxKeys:
+            ids.clear()
+        ids[key] = errorId
+    else:
+        errorId = ids.get(key, errorId)
+    text = f"{remoteType} in {where}"
+    if getattr(getattr(broker, "factory", None), "errorDetail", "type") == "message":
+        detail = safeText(failure.value)
+        if detail:
+            text += f": {detail}"
+    return Failure(RemoteError(f"{text} (error id {errorId})",
+                               remoteType=remoteType, errorId=errorId))
+
+
+class _Hidden(UnknownInterface):
+    """A manager with no interface the peer may use was about to be sent."""
+
+
+def _hidden(iface: Any, name: str) -> UnknownInterface:
+    # Names the method, never the hidden interface.
+    return UnknownInterface(
+        f"{iface.__identifier__}.{name} returned a manager that is not offered "
+        "to you", interface="")
 
 
 class Manager(pb.Referenceable):
@@ -105,6 +174,10 @@ class Manager(pb.Referenceable):
     remotely, and nothing else.  Arguments are checked against the interface
     signature before the method runs.  A method may return a value, a
     Deferred, or be C{async def}.
+
+    An L{Error} a method raises reaches the caller as itself; any other
+    exception as L{RemoteError} with its type and an error id, its traceback
+    logged on this side under the same id (see L{RemoteError}).
     """
 
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
@@ -114,38 +187,48 @@ class Manager(pb.Referenceable):
         if entry is None:
             offered = sorted(i.__identifier__ for i in _schema.offeredInterfaces(self))
             raise NoSuchMethod(
-                f"{qual(type(self))} has no remote method {name!r}: only methods "
-                f"of {', '.join(offered) or 'no interface'} are callable",
+                f"{qual(type(self))} has no remote method {safeRepr(name)}: only "
+                f"methods of {', '.join(offered) or 'no interface'} are callable",
                 interface=", ".join(offered),
                 method=name,
             )
         iface, method = entry
-        identity = getattr(broker, "identity", None)
-        if identity is not None and identity.interfaces is not None and \
-                iface.__identifier__ not in identity.interfaces and \
-                not iface.__identifier__.startswith("aurora.interfaces."):
-            # What this identity may not use does not exist for it.
-            raise NoSuchMethod(f"{qual(type(self))} has no remote method {name!r}",
-                               interface="", method=name)
+        mayUse = getattr(broker, "mayUse", None)
+        if mayUse is not None and not mayUse(iface.__identifier__):
+            # What this peer may not use does not exist for it.
+            raise NoSuchMethod(
+                f"{qual(type(self))} has no remote method {safeRepr(name)}",
+                interface="", method=name)
         args, kw = _unserializeCall(broker, args, kw)
         _schema.checkArguments(iface, method, args, kw)
         try:
             result = getattr(self, name)(*args, **kw)
+            # A plain value is answered at once, as stock PB does: a Deferred
+            # per call costs more than the rest of the dispatch.
+            if isinstance(result, defer.Deferred):
+                d = result
+            elif isinstance(result, Failure):
+                d = defer.fail(result)
+            elif isinstance(result, CoroutineType):
+                d = defer.Deferred.fromCoroutine(result)
+            else:
+                return broker.serialize(result, self.perspective)
+        except _Hidden:
+            raise _hidden(iface, name) from None
+        except Error:
+            raise
         except Exception:
-            raise _toRemoteError(Failure(), f"{iface.__identifier__}.{name}").value \
-                from None
-        # A plain value is answered at once, as stock PB does: a Deferred per
-        # call costs more than the rest of the dispatch.
-        if isinstance(result, defer.Deferred):
-            d = result
-        elif isinstance(result, Failure):
-            d = defer.fail(result)
-        elif isinstance(result, CoroutineType):
-            d = defer.Deferred.fromCoroutine(result)
-        else:
-            return broker.serialize(result, self.perspective)
-        d.addErrback(_toRemoteError, f"{iface.__identifier__}.{name}")
+            # Anything else PB would log with its traceback on every call
+            # and send on with its message.
+            raise _toRemoteError(Failure(), f"{iface.__identifier__}.{name}",
+                                 broker).value from None
+        where = f"{iface.__identifier__}.{name}"
+        d.addErrback(_toRemoteError, where, broker)
         d.addCallback(broker.serialize, self.perspective)
+        d.addErrback(lambda f: f.trap(_Hidden) and Failure(_hidden(iface, name)))
+        # What serializing the result raised (an application class's own
+        # jelly code), likewise.
+        d.addErrback(_toRemoteError, where, broker)
         return d
 
     def jellyFor(self, jellier: Any) -> Any:
@@ -153,6 +236,12 @@ class Manager(pb.Referenceable):
         if broker is None:
             return super().jellyFor(jellier)
         ifaces = self._offered()
+        mayUse = getattr(broker, "mayUse", None)
+        if mayUse is not None:
+            # Interfaces the peer may not use are not even named to it.
+            ifaces = [i for i in ifaces if mayUse(i.__identifier__)]
+            if not ifaces:
+                raise _Hidden("a manager that is not offered to you", interface="")
         described = getattr(broker, "describedInterfaces", None)
         descriptions = []
         if described is not None:
@@ -170,6 +259,12 @@ class Manager(pb.Referenceable):
 
     def _offered(self) -> list[Any]:
         return _schema.offeredInterfaces(self)
+
+    def __repr__(self) -> str:
+        # Without the default repr's address: managers are named in messages
+        # ("cannot register ...", a reference that went stale).
+        offered = ", ".join(i.__identifier__ for i in _schema.offeredInterfaces(self))
+        return f"<{qual(type(self))} offering {offered or 'no interface'}>"
 
 
 class Copyable(Declared, pb.Copyable):
@@ -428,7 +523,8 @@ class Subscription:
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
                               kw: Any) -> Any:
         if _text(message) != "update":
-            raise NoSuchMethod(f"model mirrors accept only 'update', not {message!r}")
+            raise NoSuchMethod(
+                f"model mirrors accept only 'update', not {safeRepr(message)}")
         (name, value), _ = _unserializeCall(broker, args, kw)
         name = _text(name)
         if name in self.state:

@@ -126,6 +126,12 @@ async def test_compositeRegistryAndAllowList():
         with pytest.raises(errors.UnknownInterface) as e:
             await registry.getManager(IAdmin)
         assert "no manager is registered under tests.app.IAdmin" in str(e.value)
+        # Nor through a method of an allowed interface that returns it: the
+        # call fails naming the method, and the hidden interface is not named.
+        with pytest.raises(errors.UnknownInterface) as e:
+            await users.getAdmin()
+        assert "tests.app.IUserManager.getAdmin returned a manager" in str(e.value)
+        assert "IAdmin" not in str(e.value)
     finally:
         await c.stop()
 
