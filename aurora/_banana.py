@@ -162,6 +162,7 @@ class Decoder:
         self.onRefused = onRefused
         self.onSkipped = onSkipped
         self._feeding = False
+        self._starved = False
         self.reset()
 
     def reset(self) -> None:
@@ -302,14 +303,15 @@ class Decoder:
             pos = 0
             end = len(buf)
             while pos < end and not self.stopped and not self.paused:
+                # Each returns when it is done with the buffer, starved (a
+                # token not yet whole), or the mode changed.
+                self._starved = False
                 if self._skip is not None:
                     pos = self._skipSome(buf, pos, end)
-                    if self._skip is not None:
-                        break
                 else:
                     pos = self._decode(buf, pos, end)
-                    if self._skip is None:
-                        break
+                if self._starved:
+                    break
             if self.stopped:
                 self._buf = b""
                 self._pos = 0
@@ -375,6 +377,7 @@ class Decoder:
                             % (prefixLimit,)
                         )
                     need = end - pos + 1
+                    self._starved = True
                     break
                 t = m.start()
                 num = _b128decode(buf, pos, t)
@@ -391,6 +394,7 @@ class Decoder:
                     return pos
                 if stop > end:
                     need = stop - pos
+                    self._starved = True
                     break
                 item = buf[t + 1 : stop]
                 pos = stop
@@ -432,6 +436,7 @@ class Decoder:
                 stop = t + 9
                 if stop > end:
                     need = stop - pos
+                    self._starved = True
                     break
                 item = _DOUBLE.unpack_from(buf, t + 1)[0]
                 pos = stop
@@ -516,6 +521,7 @@ class Decoder:
                         raise BananaError(
                             "Security precaution: more than %d bytes of prefix"
                             % (prefixLimit,))
+                    self._starved = True
                     break
                 t = found.start()
                 num = _b128decode(buf, pos, t)
@@ -539,6 +545,7 @@ class Decoder:
             elif typ == _FLOAT:
                 if pos + 8 > end:
                     pos = token  # read it whole next time
+                    self._starved = True
                     break
                 pos += 8
             elif typ == _LIST:
@@ -680,11 +687,8 @@ def _encode(obj: Any, out: list[bytes], tokens: dict[bytes, bytes]) -> None:
         out.append(_STRING_HEADERS[n] if n < _CACHED else _b128(n) + b"\x82")
         out.append(obj if t is bytes else bytes(obj))
     else:
-        raise BananaError(
-            "Banana cannot send {} objects: {!r}".format(
-                fullyQualifiedName(type(obj)), obj
-            )
-        )
+        # The type only: a repr may be long, or hold a memory address.
+        raise BananaError(f"Banana cannot send {fullyQualifiedName(type(obj))} objects")
 
 
 def _encodeList(obj: list[Any] | tuple[Any, ...], out: list[bytes],

@@ -29,7 +29,7 @@ from aurora import _banana, _plain, _types
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora._quiet import LogLimiter
 from aurora._version import __version__
-from aurora.errors import IncompatibleVersion, LimitExceeded, SerializationError
+from aurora.errors import IncompatibleVersion, LimitExceeded, SerializationError, safeText
 
 PROTOCOL_VERSION = 2
 """aurora's wire protocol version, exchanged by C{hello} at connect.  2: a
@@ -128,7 +128,7 @@ def _describeUnsendable(e: Exception) -> str:
             "or an ISO 8601 string"
         )
     return (
-        f"cannot send this value ({e}): only basic types (str, bytes, int, "
+        f"cannot send this value ({safeText(e)}): only basic types (str, bytes, int, "
         "float, bool, None, list, tuple, dict, set, Decimal, naive datetimes) "
         "and declared Copyable, Model, Error and Manager classes can travel"
     )
@@ -390,7 +390,7 @@ class Broker(pb.Broker):
             # Malformed input (bad framing, an invalid type byte).  Stock
             # Twisted logs a traceback per occurrence and drops the
             # connection; a hostile peer should not fill the log.
-            self._refuse(f"a malformed message ({type(e).__name__}: {e})")
+            self._refuse(f"a malformed message ({type(e).__name__}: {safeText(e, 200)})")
             return
         finally:
             if outermost:
@@ -469,7 +469,7 @@ class Broker(pb.Broker):
         wrong arity, a non-list): drop a peer not logged in; otherwise one
         log line per interval, no traceback, and the connection stays.
         """
-        what = f"{type(e).__name__}: {str(e)[:200]}"
+        what = f"{type(e).__name__}: {safeText(e, 200)}"
         if not self.loggedIn:
             self._refuse(f"a malformed message ({what})")
             return
@@ -576,7 +576,7 @@ class Broker(pb.Broker):
         try:
             self._decoder.resume()
         except Exception as e:
-            self._refuse(f"a malformed message ({type(e).__name__}: {e})")
+            self._refuse(f"a malformed message ({type(e).__name__}: {safeText(e, 200)})")
         finally:
             if outermost:
                 _Cork.flush()
@@ -1035,9 +1035,9 @@ def _tooManyReferences(limit: int) -> LimitExceeded:
 
 def _unencodable(e: Exception) -> Exception:
     if "too long" not in str(e):
-        return SerializationError(f"cannot encode this message: {e}")
+        return SerializationError(f"cannot encode this message: {safeText(e)}")
     return LimitExceeded(
-        f"message too large: {e}; PB refuses any single string or list over "
+        f"message too large: {safeText(e)}; PB refuses any single string or list over "
         f"{banana.SIZE_LIMIT} bytes/items (twisted.spread.banana.SIZE_LIMIT): "
         "send it in pieces",
         limit=banana.SIZE_LIMIT,
@@ -1046,11 +1046,11 @@ def _unencodable(e: Exception) -> Exception:
 
 def _unreadable(e: Exception) -> SerializationError:
     if isinstance(e, KeyError):
-        what = f"a reference to an object this side does not know (id {e})"
+        what = f"a reference to an object this side does not know (id {safeText(e, 40)})"
     elif isinstance(e, jelly.InsecureJelly):
-        what = f"a type that is not declared here ({e})"
+        what = f"a type that is not declared here ({safeText(e)})"
     else:
-        what = f"{type(e).__name__}: {e}"
+        what = f"{type(e).__name__}: {safeText(e)}"
     return SerializationError(
         f"the peer sent a value this process cannot accept: {what}; a type "
         "must be declared (imported) on both sides")

@@ -12,7 +12,7 @@ from zope.interface import implementer
 from zope.interface.interfaces import IInterface
 
 from aurora._schema import interfaceName
-from aurora.errors import RegistrationError, UnknownInterface
+from aurora.errors import RegistrationError, UnknownInterface, safeRepr
 from aurora.interfaces import IRegistry
 
 
@@ -39,19 +39,19 @@ class Registry:
         """
         if not IInterface.providedBy(iface):
             raise RegistrationError(
-                f"cannot register {manager!r}: {iface!r} is not a zope.interface "
+                f"cannot register {safeRepr(manager)}: {safeRepr(iface)} is not a zope.interface "
                 "Interface"
             )
         name = iface.__identifier__
         if not iface.providedBy(manager):
             raise RegistrationError(
-                f"cannot register {manager!r} under {name}: "
+                f"cannot register {safeRepr(manager)} under {name}: "
                 f"{qual(type(manager))} does not provide {name} "
                 f"(declare it with @implementer({iface.__name__}))"
             )
         if name in self._managers and not replace:
             raise RegistrationError(
-                f"{name} is already registered to {self._managers[name]!r}; "
+                f"{name} is already registered to {safeRepr(self._managers[name])}; "
                 "pass replace=True to replace it"
             )
         self._managers[name] = manager

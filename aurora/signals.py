@@ -14,6 +14,7 @@ from typing import Any
 from pydispatch import robust
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.reflect import qual
 
 changed = "aurora.changed"
 """A Model field changed: C{sender=model, name=, value=, old=}.  Sent on the
@@ -33,8 +34,9 @@ def send(signal: str, sender: Any, **kw: Any) -> None:
     for receiver, response in robust.sendRobust(signal, sender, **kw):
         if isinstance(response, Exception):
             _log.failure(
-                "{signal} handler {receiver!r} failed",
+                "{signal} handler {receiver} failed",
                 failure=Failure(response, type(response), response.__traceback__),
                 signal=signal,
-                receiver=receiver,
+                receiver=qual(receiver) if hasattr(receiver, "__qualname__")
+                else qual(type(receiver)),
             )
