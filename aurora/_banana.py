@@ -639,7 +639,8 @@ def _tokensFor(vocabulary: Mapping[bytes, int] | None) -> dict[bytes, bytes]:
     return _vocabTokens(vocabulary)
 
 
-def encode(obj: Any, *, vocabulary: Mapping[bytes, int] | None = PB_OUTGOING) -> bytes:
+def encode(obj: Any, *, vocabulary: Mapping[bytes, int] | None = PB_OUTGOING,
+           limit: int | None = None) -> bytes:
     """
     Encode C{obj} exactly as stock C{Banana} does in the "pb" dialect.
 
@@ -648,10 +649,17 @@ def encode(obj: Any, *, vocabulary: Mapping[bytes, int] | None = PB_OUTGOING) ->
     @raise BananaError: C{obj} holds something banana cannot send: a type
         other than list, tuple, int (bool included: it goes as 0 or 1),
         float and bytes; a list, tuple or bytes longer than
-        L{banana.SIZE_LIMIT}; an int of more than 448 bits.
+        L{banana.SIZE_LIMIT}; an int of more than 448 bits; an encoding over
+        C{limit} bytes (checked before the bytes are joined).
     """
     out: list[bytes] = []
     _encode(obj, out, _tokensFor(vocabulary))
+    if limit is not None and len(out) > 64:
+        # Parts may repeat one object many times (a string referenced from
+        # many places): sum their sizes before joining them into one.
+        size = sum(map(len, out))
+        if size > limit:
+            raise BananaError(f"message too long to send ({size} bytes, over {limit})")
     return b"".join(out)
 
 

@@ -37,18 +37,28 @@ _FALSE = [b"boolean", b"false"]
 
 def jellyPlain(obj: Any) -> Any:
     """What C{jelly.jelly(obj)} returns, for a plain value; else L{NotPlain}."""
-    return _jelly(obj, set(), 0)
+    return _jelly(obj, set(), 0, {})
 
 
-def _jelly(obj: Any, seen: set[int], depth: int) -> Any:
+def _jelly(obj: Any, seen: set[int], depth: int, texts: dict[int, Any]) -> Any:
     t = type(obj)
     if t in _LEAVES:
         return obj
     if t is str:
-        try:
-            return [b"unicode", obj.encode("utf-8")]
-        except UnicodeEncodeError:  # a lone surrogate: jelly's own error
-            raise NotPlain from None
+        if len(obj) < 64:
+            try:
+                return [b"unicode", obj.encode("utf-8")]
+            except UnicodeEncodeError:  # a lone surrogate: jelly's own error
+                raise NotPlain from None
+        # A long string met many times is encoded once (the encoder then
+        # writes it each time, as jelly would, within its size limit).
+        jellied = texts.get(id(obj))
+        if jellied is None:
+            try:
+                jellied = texts[id(obj)] = [b"unicode", obj.encode("utf-8")]
+            except UnicodeEncodeError:
+                raise NotPlain from None
+        return jellied
     if obj is None:
         return [b"None"]
     if t is bool:
@@ -63,11 +73,11 @@ def _jelly(obj: Any, seen: set[int], depth: int) -> Any:
         if t is dict:
             out: list[Any] = [b"dictionary"]
             for k, v in obj.items():
-                out.append([_jelly(k, seen, depth), _jelly(v, seen, depth)])
+                out.append([_jelly(k, seen, depth, texts), _jelly(v, seen, depth, texts)])
             return out
         out = [b"list" if t is list else b"tuple"]
         for item in obj:
-            out.append(_jelly(item, seen, depth))
+            out.append(_jelly(item, seen, depth, texts))
         return out
     raise NotPlain
 

@@ -230,10 +230,12 @@ class Broker(pb.Broker):
     _direct = False  # whether the transport is a plain socket we may send on
 
     def sendEncoded(self, obj: Any) -> None:
+        # What this side would refuse to receive, it does not build to send.
+        limit = self.limits.maxMessageBytes
         if self.currentDialect == b"pb":
-            self._write(_banana.encode(obj))
+            self._write(_banana.encode(obj, limit=limit))
         else:  # the handshake, or a peer that chose the "none" dialect
-            self._write(_banana.encode(obj, vocabulary=None))
+            self._write(_banana.encode(obj, vocabulary=None, limit=limit))
 
     def _write(self, data: bytes) -> None:
         corked = _Cork.pending
@@ -712,7 +714,16 @@ class Broker(pb.Broker):
         try:
             return _plain.unjellyPlain(sexp)
         except _plain.NotPlain:
-            return super().unserialize(sexp, perspective)
+            pass
+        value = super().unserialize(sexp, perspective)
+        # jelly's references let a few bytes stand for one string many times
+        # over: sent on again (an echo), each copy is written out in full.
+        limit = self.limits.maxMessageBytes
+        if _expandedSize(value, limit) > limit:
+            raise LimitExceeded(
+                "refused a message whose values, with jelly's references expanded, "
+                f"come to over {limit} bytes (maxMessageBytes)", limit=limit)
+        return value
 
     def proto_answer(self, requestID: int, netResult: Any) -> None:
         d = self._waiting(requestID)
@@ -813,6 +824,34 @@ class _Cork:
             except Exception:
                 broker.factory.errorLog.failure(("write", id(broker)),
                                                 "cannot write to {peer}", peer=broker.peer)
+
+
+def _expandedSize(value: Any, limit: int) -> int:
+    """
+    The bytes of C{value}'s strings as jelly would write them again (each
+    occurrence in full; each container once, as jelly sends the rest as
+    references), counting no further than just past C{limit}.
+    """
+    size, stack, seen = 0, [value], set()
+    while stack and size <= limit:
+        item = stack.pop()
+        t = type(item)
+        if t is str or t is bytes:
+            size += len(item)
+        elif t is list or t is tuple or t is set or t is frozenset or t is dict:
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            size += 8 * len(item)
+            if t is dict:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            else:
+                stack.extend(item)
+        elif isinstance(getattr(item, "__dict__", None), dict) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.__dict__.values())
+    return size
 
 
 def _answerable(head: list[Any]) -> bool:

@@ -722,3 +722,11 @@ def test_skippingRunsOfScalarsFindsTheirListsEnds() -> None:
         assert b.skipped == [[b"message", 3, b"root", b"echo", 1]]
         assert b.got == [[b"message", 4, [1, [2, 3]]]]
         assert (b.d.pending, b.d.skipping) == (0, False)
+
+
+def test_encodeLimitIsCheckedBeforeJoining() -> None:
+    """One string repeated many times is refused by its total, not built."""
+    big = b"x" * 600_000
+    with pytest.raises(BananaError, match="too long to send"):
+        encode([big] * 1000, limit=16 * 1024 * 1024)  # 600 MB if joined
+    assert len(encode([big] * 20, limit=16 * 1024 * 1024)) > 12_000_000

@@ -423,3 +423,37 @@ def test_grantsAreCheckedAtConstruction():
     raised = Limits().granted({"referenceLimit": 10**9}, Limits(referenceLimit=5000))
     assert raised.referenceLimit == 5000
     assert Limits().granted({"referenceLimit": 10}).referenceLimit == 1024  # never lowered
+
+
+@pytest_twisted.ensureDeferred
+async def test_referencesCannotAmplifyAnAnswer():
+    """
+    jelly's references let a few bytes name one string many times over; a
+    method that returns what it was given would send every copy.  Such a
+    call is refused before the method runs.
+    """
+    server, port, _ = await serve()
+    raw = RawClient()
+    try:
+        await raw.connect(port)
+        users = await raw.view.callRemote("getManager", IUserManager.__identifier__)
+        text = [b"reference", 1, [b"unicode", b"x" * 600_000]]
+        copies = [b"list", text] + [[b"dereference", 1]] * 100  # 60 MB expanded
+        requestID = raw.broker.newRequestID()
+        d = defer.Deferred()
+        raw.broker.waitingForAnswers[requestID] = d
+        raw.broker.sendCall(b"message", requestID, users.luid, b"echo", 1,
+                            [b"tuple", copies], [b"dictionary"])
+        error = await refused(d.addTimeout(10, reactor), errors.LimitExceeded)
+        assert "references expanded" in str(error)
+        requestID = raw.broker.newRequestID()
+        d = defer.Deferred()
+        raw.broker.waitingForAnswers[requestID] = d
+        few = [b"list", text] + [[b"dereference", 1]] * 3
+        raw.broker.sendCall(b"message", requestID, users.luid, b"echo", 1,
+                            [b"tuple", few], [b"dictionary"])
+        assert len(await d.addTimeout(10, reactor)) == 4
+        await stillServes(raw)
+    finally:
+        await raw.close()
+        await server.stop()
