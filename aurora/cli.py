@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", help="log in as this user (over TLS)")
     parser.add_argument("--password-file",
                         help="file holding the password for --user (else prompted)")
+    parser.add_argument("--allow-insecure-login", action="store_true",
+                        help="send the --user password even on a connection "
+                             "without TLS (local development only)")
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="the interfaces offered, with their methods",
                         description="e.g. aurora ls tcp:127.0.0.1:8789")
@@ -213,7 +216,8 @@ async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
             password = getpass.getpass(f"password for {args.user}: ").encode("utf-8")
         credentials = UsernamePassword(args.user.encode("utf-8"), password)
     client = Client(args.endpoint, credentials, connectTimeout=args.timeout,
-                    callTimeout=args.timeout, opaque=True, reactor=reactor)
+                    callTimeout=args.timeout, opaque=True,
+                    allowInsecureLogin=args.allow_insecure_login, reactor=reactor)
     try:
         values = _parseArgs(getattr(args, "args", []))
         registry = await client.getRegistry()

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import ISSLTransport, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -102,6 +102,9 @@ class Client:
     @param maxReconnectDelay: the longest wait between two attempts.
     @param referenceLimit: ask the server to let this connection hold up to
         this many references (a relay asks for many).
+    @param allowInsecureLogin: send C{credentials} on a connection without
+        TLS (local development only).  Without it, a password is never sent
+        in the clear: L{getRegistry} fails at once with L{LoginFailed}.
     @param opaque: accept, as opaque objects that are passed on unchanged,
         the Copyable, Model and Error types the server advertises but this
         process has not imported (what a relay does).
@@ -121,6 +124,7 @@ class Client:
                  reconnectDelay: float = 0.25,
                  maxReconnectDelay: float = 30.0,
                  referenceLimit: int | None = None, opaque: bool = False,
+                 allowInsecureLogin: bool = False,
                  reactor: Any = None, clock: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -146,6 +150,7 @@ class Client:
         )
         # The objects the application holds: the same for the client's life.
         self._credentials = credentials
+        self._allowInsecureLogin = allowInsecureLogin
         self._root = Wrapper(None, (IRegistryService.__identifier__,), self.factory)
         self._view = Wrapper(None, (IRegistryView.__identifier__,), self.factory)
         self._registry = Registry(self._view)
@@ -232,6 +237,15 @@ class Client:
             if self._referenceLimit:
                 broker.referenceLimit = self._referenceLimit
             creds = self._credentials
+            if creds is not None and not self._allowInsecureLogin and \
+                    not ISSLTransport.providedBy(broker.transport):
+                # Refused here: the server would refuse it too, but only
+                # after the password had crossed the wire in the clear.
+                raise LoginFailed(
+                    f"not sending the password to {self._description}: the "
+                    "connection is not TLS; connect with tls: (e.g. "
+                    "tls:HOST:PORT:trustRoots=DIR) or pass "
+                    "allowInsecureLogin=True for local development")
             login = (creds.username, creds.password) if creds is not None else (None, None)
             self._view._rebind(
                 await self._root._call("login", login, {}, self._timeoutFor()))

@@ -11,7 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.spread import pb
-from twisted.cred import credentials, error as credError
+from twisted.cred import credentials
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import directlyProvides, implementer
 
@@ -19,8 +19,8 @@ from typing import Mapping
 
 from aurora import _schema, _types, _wire
 from aurora._limits import MIB, DecodingPool, Limits
-from aurora.auth import ANONYMOUS_ALL, Identity, IIdentity, PeerCertificate
-from aurora.errors import LimitExceeded, LoginFailed, UnknownInterface
+from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
+from aurora.errors import LimitExceeded, LoginFailed, UnknownInterface, safeRepr
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.remote import wrap
 from aurora.remoteable import Manager
@@ -198,11 +198,26 @@ class Server:
         not an L{aurora.errors.Error}: C{"type"} (its type and an error id
         that is in the server's log line) or C{"message"} (its message too;
         for development).
+    @param logInterval: what peers cause (bad input, refusals, failed
+        logins) and each kind of application exception are logged at most
+        once per this many seconds; the next line says how many were left
+        out ("and 41 more like it").
     @param portal: a C{twisted.cred} portal deciding who may log in and
         which interfaces each identity may use (see L{aurora.auth.portal});
         None: everyone, anonymously, may use everything.
     @param allowInsecureLogin: accept passwords on connections without TLS
         (local development only).
+    @param loginThreads: threads that hash passwords (2), off the reactor
+        thread, in a pool of this server's own (see
+        L{aurora.auth.Authenticator}, the attribute C{authenticator});
+        C{maxWaitingLogins} (64) attempts may wait for one, and one more is
+        refused at once with L{LimitExceeded} (the server is busy; a Client
+        retries it with backoff).  Each
+        attempt costs exactly one hash, whoever the user.
+    @param loginDelay: how long the answer to a failed login is held back
+        (0.25 s, 0: not at all), doubling with each recent failure on the
+        connection or from the address, up to C{maxLoginDelay} (2 s); an
+        address's failures are forgotten one every 10 s.  Never a lockout.
     @param maxConnections: connections served at once (1,000);
         C{maxConnectionsPerAddress} (100), from one IP address.  A client
         over either is told the server is at its connection limit.
@@ -215,6 +230,8 @@ class Server:
 
     def __init__(self, registry: Any, portal: Any = None, *,
                  allowInsecureLogin: bool = False,
+                 loginThreads: int = 2, maxWaitingLogins: int = 64,
+                 loginDelay: float = 0.25, maxLoginDelay: float = 2.0,
                  maxConnections: int = 1000, loginTimeout: float = 30.0,
                  callTimeout: float | None = 30.0,
                  referenceLimit: int = 1024, maxReferenceLimit: int = 100_000,
@@ -229,11 +246,11 @@ class Server:
                  maxOutboundBytes: int = Limits.maxOutboundBytes,
                  maxConnectionsPerAddress: int = 100,
                  idleTimeout: float = 60.0,
-                 errorDetail: str = "type",
+                 errorDetail: str = "type", logInterval: float = 60.0,
                  reactor: Any = None, clock: Any = None) -> None:
         if not IRegistry.providedBy(registry):
             raise TypeError(
-                f"Server needs an aurora Registry or remote Registry, not {registry!r}"
+                f"Server needs an aurora Registry or remote Registry, not {safeRepr(registry)}"
             )
         if reactor is None:
             from twisted.internet import reactor
@@ -241,6 +258,10 @@ class Server:
         self._reactor = reactor
         self._portal = portal
         self._allowInsecureLogin = allowInsecureLogin
+        self.authenticator = Authenticator(
+            portal, reactor=reactor, clock=clock if clock is not None else reactor,
+            threads=loginThreads, maxWaiting=maxWaitingLogins,
+            firstDelay=loginDelay, maxDelay=maxLoginDelay, logInterval=logInterval)
         self._maxConnections = maxConnections
         self._maxPerAddress = maxConnectionsPerAddress
         self._loginTimeout = loginTimeout
@@ -277,6 +298,7 @@ class Server:
             pool=DecodingPool(maxDecodingBytes, maxDecodingItems),
             errorDetail=errorDetail)
         self.factory.idleTimeout = idleTimeout
+        self.factory.peerLog.interval = self.factory.errorLog.interval = logInterval
         self.factory.admit = self._admit
         self.factory.policy = self._mayUse
         self._ports: list[IListeningPort] = []
@@ -384,7 +406,10 @@ class Server:
         broker.setLimits(self.factory.loggedInLimits.granted(grant, self._grantCap))
 
     async def _authenticate(self, broker: Any, username: Any, password: Any) -> Identity:
-        """The identity for these credentials, or L{LoginFailed}."""
+        """
+        The identity for these credentials, or L{LoginFailed}: checked by
+        C{self.authenticator} (hashing in its pool, failures slowed down).
+        """
         if self._portal is None:
             return ANONYMOUS_ALL
         transport = broker.transport
@@ -402,26 +427,17 @@ class Server:
             if not isinstance(username, bytes) or not isinstance(password, bytes):
                 raise LoginFailed("username and password must be bytes or str")
             creds: Any = credentials.UsernamePassword(username, password)
-            who = f"user {username.decode('utf-8', 'replace')!r}"
         else:
             certificate = transport.getPeerCertificate() if encrypted else None
             if certificate is not None:
                 creds = PeerCertificate(_commonName(certificate))
-                who = f"certificate {creds.commonName!r}"
             else:
-                creds, who = credentials.Anonymous(), "anonymous access"
-        try:
-            _, identity, _ = await self._portal.login(creds, None, IIdentity)
-        except (credError.UnauthorizedLogin, credError.UnhandledCredentials):
-            self.log.warn("login refused for {who} from {peer}", who=who,
-                          peer=transport.getPeer())
-            if isinstance(creds, credentials.Anonymous):
-                raise LoginFailed("this server does not allow anonymous access: "
-                                  "log in with credentials") from None
-            # The same words for an unknown user and a wrong password.
-            raise LoginFailed(f"login refused for {who}: unknown, or the wrong "
-                              "password") from None
-        return identity
+                creds = credentials.Anonymous()
+        peer = transport.getPeer()
+        host = getattr(peer, "host", None) or str(peer)
+        return await self.authenticator.login(
+            creds, connection=broker, address=host,
+            peer=f"{host}:{peer.port}" if hasattr(peer, "port") else host)
 
     def stop(self, grace: float = 5.0) -> defer.Deferred:
         """
@@ -429,6 +445,7 @@ class Server:
         closed.  A connection whose peer does not read what is still queued
         for it is aborted after C{grace} seconds.
         """
+        self.authenticator.stop()  # its hashing pool; held answers go now
         ports, self._ports = self._ports, []
         stopped = [defer.maybeDeferred(port.stopListening) for port in ports]
         for broker in list(self._brokers):

@@ -32,8 +32,24 @@ _DEFAULT_LISTEN = "tcp:8789:interface=127.0.0.1"
 _CONFIG_KEYS = {
     "listen": "list", "setup": "list", "upstream": "str", "allow": "list",
     "heartbeat": "float", "passwd": "str", "upstream-user": "str",
-    "upstream-password-file": "str",
+    "upstream-password-file": "str", "error-detail": "str",
 }
+
+_ERROR_DETAILS = ("type", "message")
+
+# What --limit NAME=VALUE (and a [limits] table) may set: Server's keyword
+# arguments of the same names (see the README's Threat model).
+_LIMITS: dict[str, type] = {
+    **{name: int for name in (
+        "maxConnectionsPerAddress", "referenceLimit", "maxReferenceLimit",
+        "maxPending", "maxMessageBytes", "maxMessageItems", "maxDepth",
+        "maxDecodingBytes", "maxDecodingItems", "maxPendingCalls",
+        "maxOutboundBytes", "loginThreads", "maxWaitingLogins")},
+    **{name: float for name in (
+        "idleTimeout", "maxLag", "logInterval", "loginDelay", "maxLoginDelay")},
+}
+_GRANTABLE = ("referenceLimit", "maxMessageBytes", "maxMessageItems",
+              "maxPendingCalls", "maxOutboundBytes")
 
 
 def _fail(problem: str) -> None:
@@ -63,8 +79,12 @@ Examples:
       mutual TLS: the client certificate's name is the identity
   twistd -n registry --config /etc/aurora/registry.toml
       the same settings from a TOML file; options given here win
+  twistd -n registry --passwd ... --grant relay-eu:referenceLimit=100000 \
+         --limit idleTimeout=120
+      let the relay logging in as relay-eu hold 100,000 references; probe
+      idle connections after 120 s (every limit: the README's Threat model)
 
---listen and --setup and --allow may be given more than once.  --setup names a
+--listen, --setup, --allow, --limit and --grant may be given more than once.  --setup names a
 callable that receives the Registry and registers managers (it may return a
 Deferred); managers that provide twisted.application.service.IService are
 started before the registry listens and stopped, in reverse order, after it
@@ -90,11 +110,18 @@ stops listening.
         ["upstream-user", None, None, "a relay logs in upstream as this user"],
         ["upstream-password-file", None, None,
          "file holding the password for --upstream-user"],
+        ["error-detail", None, None,
+         "what a caller learns of an unexpected exception: type (its type and "
+         "an error id in the log; the default) or message (its message too, "
+         "for development)"],
     ]
     optFlags = [
         ["anonymous", None, "with --passwd, also let anonymous clients in"],
         ["insecure-login", None,
          "accept passwords on connections without TLS (local development only)"],
+        ["upstream-insecure-login", None,
+         "a relay sends its --upstream-user password even to an upstream "
+         "without TLS (local development only)"],
     ]
 
     def __init__(self) -> None:
@@ -102,6 +129,8 @@ stops listening.
         self["listen"] = []
         self["setup"] = []
         self["allow"] = []
+        self["limits"] = {}
+        self["grants"] = {}
 
     def opt_listen(self, endpoint: str) -> None:
         """server endpoint to listen on, repeatable (default tcp:8789:interface=127.0.0.1)"""
@@ -119,6 +148,22 @@ stops listening.
         """dotted interface name a relay re-publishes, repeatable (default: all)"""
         self["allow"].append(name)
 
+    def opt_limit(self, setting: str) -> None:
+        """NAME=VALUE: a server limit, repeatable (e.g. idleTimeout=120, maxPendingCalls=200)"""
+        name, _, value = setting.partition("=")
+        self["limits"][name.strip()] = _number(name.strip(), value, _LIMITS, "--limit")
+
+    def opt_grant(self, setting: str) -> None:
+        """IDENTITY:NAME=VALUE: raise a limit for one identity at login (anonymous: anyone not logged in as a user), repeatable (e.g. relay-eu:referenceLimit=100000)"""
+        identity, _, rest = setting.partition(":")
+        name, _, value = rest.partition("=")
+        if not identity or not name:
+            _fail(f"--grant {setting!r} must be IDENTITY:NAME=VALUE, "
+                  "e.g. relay-eu:referenceLimit=100000")
+        grantable = {n: int for n in _GRANTABLE}
+        self["grants"].setdefault(identity, {})[name.strip()] = _number(
+            name.strip(), value, grantable, "--grant")
+
     def postOptions(self) -> None:
         if self["config"]:
             self._readConfig(self["config"])
@@ -126,6 +171,11 @@ stops listening.
             self["listen"] = [_DEFAULT_LISTEN]
         if self["heartbeat"] is None:
             self["heartbeat"] = 5.0
+        if self["error-detail"] is None:
+            self["error-detail"] = "type"
+        if self["error-detail"] not in _ERROR_DETAILS:
+            _fail(f"--error-detail must be {' or '.join(_ERROR_DETAILS)}, "
+                  f"not {self['error-detail']!r}")
         from twisted.internet import reactor
 
         for endpoint in self["listen"]:
@@ -168,6 +218,21 @@ stops listening.
         except tomllib.TOMLDecodeError as e:
             _fail(f"--config {path} is not valid TOML: {e}")
         for key, value in config.items():
+            if key == "limits" and isinstance(value, dict):
+                for name, number in value.items():  # the command line wins
+                    self["limits"].setdefault(
+                        name, _number(name, str(number), _LIMITS, f"--config {path}: limits"))
+                continue
+            if key == "grants" and isinstance(value, dict):
+                for identity, table in value.items():
+                    if not isinstance(table, dict):
+                        _fail(f"--config {path}: grants.{identity} must be a table")
+                    mine = self["grants"].setdefault(identity, {})
+                    for name, number in table.items():
+                        mine.setdefault(name, _number(
+                            name, str(number), {n: int for n in _GRANTABLE},
+                            f"--config {path}: grants.{identity}"))
+                continue
             kind = _CONFIG_KEYS.get(key)
             if kind is None:
                 _fail(f"--config {path}: unknown setting {key!r} "
@@ -188,6 +253,20 @@ stops listening.
                     _fail(f"--config {path}: {key} must be a string")
                 if self[key] is None:
                     self[key] = value
+
+
+def _number(name: str, value: str, known: dict[str, type], where: str) -> Any:
+    kind = known.get(name)
+    if kind is None:
+        _fail(f"{where}: unknown limit {name!r} (known: {', '.join(sorted(known))})")
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        _fail(f"{where}: {name} must be a {'whole ' if kind is int else ''}number, "
+              f"not {value.strip()!r}")
+    if number <= 0:
+        _fail(f"{where}: {name} must be more than 0")
+    return number
 
 
 def _importCallable(name: str) -> Callable[[Registry], Any]:
@@ -226,12 +305,19 @@ class RegistryService(service.Service):
         serverOptions = {"portal": options["portal"],
                          "allowInsecureLogin": options["insecure-login"],
                          "maxConnections": options["max-connections"],
-                         "loginTimeout": options["login-timeout"]}
+                         "loginTimeout": options["login-timeout"],
+                         "errorDetail": options["error-detail"],
+                         # "anonymous" is whoever is not logged in as a user.
+                         "grants": {None if who == "anonymous" else who: grant
+                                    for who, grant in options["grants"].items()},
+                         **options["limits"]}
         if options["upstream"]:
             self.relay = Relay(options["upstream"], allow=options["allow"] or None,
                                local=self.local,
                                clientOptions={"heartbeat": options["heartbeat"],
-                                              "credentials": options["upstreamCredentials"]},
+                                              "credentials": options["upstreamCredentials"],
+                                              "allowInsecureLogin":
+                                                  bool(options["upstream-insecure-login"])},
                                serverOptions=serverOptions, reactor=reactor)
             self.server = self.relay.server
         else:
