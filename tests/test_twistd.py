@@ -191,6 +191,10 @@ async def test_help():
     (["--setup", "tests.twistd_setup:broken"],
      "--setup tests.twistd_setup:broken failed: ValueError: the database is not there"),
     (["--setup", "tests.twistd_setup:brokenLater"], "RuntimeError: late failure"),
+    (["--limit", "maxBogus=3"], "--limit: unknown limit 'maxBogus'"),
+    (["--limit", "maxPendingCalls=lots"], "maxPendingCalls must be a whole number"),
+    (["--grant", "relay:idleTimeout=5"], "--grant: unknown limit 'idleTimeout'"),
+    (["--grant", "referenceLimit=5"], "must be IDENTITY:NAME=VALUE"),
 ])
 @pytest_twisted.ensureDeferred
 async def test_badOptionsStopWithOneLine(args, words):
@@ -291,3 +295,21 @@ async def test_loginOptionsAndARelayThatLogsInUpstream(tmp_path):
         await client.stop()
         await relay.kill()
         await origin.kill()
+
+
+def test_limitsAndGrantsReachTheServer(tmp_path):
+    """--limit and --grant (and their TOML tables) become Server's arguments."""
+    from aurora import tap
+
+    config = tmp_path / "registry.toml"
+    config.write_text('[limits]\nmaxPendingCalls = 7\nidleTimeout = 30\n'
+                      '[grants.relay-eu]\nreferenceLimit = 5000\n')
+    options = tap.Options()
+    options.parseOptions([
+        "--listen", "tcp:0:interface=127.0.0.1", "--config", str(config),
+        "--limit", "maxPendingCalls=9", "--grant", "anonymous:maxPendingCalls=50"])
+    server = tap.makeService(options).server
+    assert server.factory.loggedInLimits.maxPendingCalls == 9  # the command line wins
+    assert server._idleTimeout == 30.0
+    assert server._grants == {"relay-eu": {"referenceLimit": 5000},
+                              None: {"maxPendingCalls": 50}}
