@@ -23,6 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, task  # noqa: E402
 
 MAX_CONNECTIONS = 5000
+# Every benchmark client comes from 127.0.0.1, anonymously: let it open
+# thousands of connections, and let anonymous connections (the measuring
+# clients, and each relay's link upstream) hold the references the 10,000
+# wrapper and mirror figures need.
+SERVER_OPTIONS = {
+    "maxConnections": MAX_CONNECTIONS,
+    "maxConnectionsPerAddress": MAX_CONNECTIONS,
+    "grants": {None: {"referenceLimit": 100_000}},
+}
 
 
 def raiseFileLimit() -> None:
@@ -56,12 +65,11 @@ async def main(reactor, argv: list[str]) -> None:
         from benchmarks._app import Bench, IBench
         registry = Registry()
         registry.register(IBench, Bench())
-        port = await Server(registry, maxConnections=MAX_CONNECTIONS,
-                            reactor=reactor).listen(listen)
+        port = await Server(registry, reactor=reactor, **SERVER_OPTIONS).listen(listen)
     else:
         from aurora.relay import Relay
         relay = Relay(f"tcp:127.0.0.1:{args.upstream}", reactor=reactor,
-                      serverOptions={"maxConnections": MAX_CONNECTIONS})
+                      serverOptions=SERVER_OPTIONS)
         [port] = await relay.start(listen)
     print(f"listening on {port.getHost().port}", flush=True)
     await defer.Deferred()
