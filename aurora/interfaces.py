@@ -32,11 +32,12 @@ class IRegistryService(Interface):
     def hello(peer):
         """
         Exchange protocol versions: C{peer} is the client's C{{"protocol":
-        int, "aurora": str, "timeout": seconds, "referenceLimit": int}}; the
-        answer is the server's, with the reference limit granted.  An
-        incompatible peer gets L{aurora.errors.IncompatibleVersion}.  With a
-        C{timeout}, the server drops the connection after that long without
-        hearing from the client.
+        int, "aurora": str, "timeout": seconds}}; the answer is the server's,
+        with the connection's reference limit so far.  An incompatible peer
+        gets L{aurora.errors.IncompatibleVersion}.  With a C{timeout}, the
+        server drops the connection after that long without hearing from the
+        client.  (Since protocol 2 a C{"referenceLimit"} asked for here is
+        ignored: limits are raised at L{login}, for the identity.)
         """
 
     def ping():
@@ -49,7 +50,10 @@ class IRegistryService(Interface):
         allows it), or both None for the client certificate of a mutual-TLS
         connection, or else anonymous access.  L{aurora.errors.LoginFailed}
         otherwise, with the same message for an unknown user and a wrong
-        password.
+        password (answered after a delay that grows with recent failures);
+        L{aurora.errors.LimitExceeded} when the server is too busy checking
+        other logins.  Once logged in, the connection has the limits the
+        server grants this identity.
         """
 
     def types():
