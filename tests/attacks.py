@@ -43,6 +43,7 @@ from twisted.internet.endpoints import (
 
 from aurora import _banana
 from aurora._plain import NotPlain, jellyPlain, unjellyPlain
+from tests.helpers import RecordingProxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1024 * 1024
@@ -687,68 +688,6 @@ class StockClient:
 
 
 # -- a TCP proxy that records every byte ------------------------------------
-
-class _RecPipe(protocol.Protocol):
-    peer: _RecPipe | None = None
-
-    def __init__(self, proxy: RecordingProxy) -> None:
-        self.proxy = proxy
-        self.buffered: list[bytes] = []
-        self.lost: defer.Deferred = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.proxy.captured += data
-        if self.peer is None:
-            self.buffered.append(data)
-        else:
-            self.peer.transport.write(data)
-
-    def connectionLost(self, reason: Any) -> None:
-        self.proxy.pipes.discard(self)
-        if self.peer is not None:
-            self.peer.transport.loseConnection()
-        self.lost.callback(None)
-
-
-class RecordingProxy:
-    """Forwards 127.0.0.1 connections to C{targetPort}, keeping every byte."""
-
-    def __init__(self, targetPort: int) -> None:
-        self.targetPort = targetPort
-        self.captured = bytearray()
-        self.pipes: set[_RecPipe] = set()
-        self.allPipes: list[_RecPipe] = []
-
-    async def start(self) -> int:
-        factory = protocol.Factory.forProtocol(lambda: self._accept())
-        self.listening = await TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1").listen(factory)
-        return self.listening.getHost().port
-
-    def _accept(self) -> _RecPipe:
-        inbound = _RecPipe(self)
-        self.pipes.add(inbound)
-        self.allPipes.append(inbound)
-
-        def connected(outbound: _RecPipe) -> None:
-            self.pipes.add(outbound)
-            self.allPipes.append(outbound)
-            outbound.peer, inbound.peer = inbound, outbound
-            for data in inbound.buffered:
-                outbound.transport.write(data)
-            inbound.buffered = []
-
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.targetPort)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _RecPipe(self)))
-        d.addCallbacks(connected, lambda f: inbound.transport.loseConnection())
-        return inbound
-
-    async def stop(self) -> None:
-        await self.listening.stopListening()
-        for pipe in list(self.pipes):
-            pipe.transport.loseConnection()
-        await defer.gatherResults([p.lost for p in self.allPipes])
-
 
 # -- one attack's stage: server(s), bystander, monitor, cleanup --------------
 

@@ -167,6 +167,8 @@ class PartitionProxy:
     bytes vanish, nothing is closed) and resume.
     """
 
+    pipe: type[_Pipe] = _Pipe
+
     def __init__(self, targetPort: int) -> None:
         self.targetPort = targetPort
         self.partitioned = False
@@ -179,7 +181,7 @@ class PartitionProxy:
         return self.listening.getHost().port
 
     def _accept(self) -> _Pipe:
-        inbound = _Pipe(self)
+        inbound = self.pipe(self)
         self.pipes.add(inbound)
 
         def connected(outbound: _Pipe) -> None:
@@ -190,7 +192,7 @@ class PartitionProxy:
             inbound.buffered = []
 
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.targetPort)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Pipe(self)))
+        d = endpoint.connect(protocol.Factory.forProtocol(lambda: self.pipe(self)))
         d.addCallbacks(connected, lambda f: inbound.transport.loseConnection())
         return inbound
 
@@ -210,6 +212,22 @@ class PartitionProxy:
             pipe.transport.loseConnection()
             closing.append(d)
         await defer.gatherResults(closing)
+
+
+class _Recording(_Pipe):
+    def dataReceived(self, data: bytes) -> None:
+        self.proxy.captured += data
+        super().dataReceived(data)
+
+
+class RecordingProxy(PartitionProxy):
+    """A TCP proxy on 127.0.0.1 that keeps every byte, both ways, in C{captured}."""
+
+    pipe = _Recording
+
+    def __init__(self, targetPort: int) -> None:
+        super().__init__(targetPort)
+        self.captured = bytearray()
 
 
 BIN = os.path.dirname(sys.executable)

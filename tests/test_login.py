@@ -25,8 +25,7 @@ from twisted.logger import Logger, formatEvent
 from aurora import Client, Registry, Server, _wire, auth, errors
 from aurora.remote import wrap
 from tests.app import IUserManager, UserManager
-from tests.helpers import (BIN, ROOT, PartitionProxy, _Pipe, makeAuthority,
-                           runCommand)
+from tests.helpers import (BIN, makeAuthority, RecordingProxy, ROOT, runCommand)
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2,
              connectTimeout=10)
@@ -148,36 +147,6 @@ async def refused(d: defer.Deferred, kind: type = errors.LoginFailed) -> str:
     with pytest.raises(kind) as e:
         await d
     return str(e.value)
-
-
-class _Recording(_Pipe):
-    def dataReceived(self, data: bytes) -> None:
-        self.proxy.captured += data
-        super().dataReceived(data)
-
-
-class RecordingProxy(PartitionProxy):
-    """A TCP proxy on 127.0.0.1 that keeps every byte, both ways."""
-
-    def __init__(self, targetPort: int) -> None:
-        super().__init__(targetPort)
-        self.captured = bytearray()
-
-    def _accept(self) -> _Pipe:
-        inbound = _Recording(self)
-        self.pipes.add(inbound)
-
-        def connected(outbound: _Pipe) -> None:
-            self.pipes.add(outbound)
-            outbound.peer, inbound.peer = inbound, outbound
-            for data in inbound.buffered:
-                outbound.transport.write(data)
-            inbound.buffered = []
-
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.targetPort)
-        d = endpoint.connect(protocol.Factory.forProtocol(lambda: _Recording(self)))
-        d.addCallbacks(connected, lambda f: inbound.transport.loseConnection())
-        return inbound
 
 
 def registry() -> Registry:
