@@ -153,6 +153,10 @@ class Broker(pb.Broker):
     _socket: Any = None  # the TCP connection under any TLS
     _messageSince: float | None = None  # when the message under way began
     _refusal: _banana.Refusal | None = None  # of the message being skipped
+    answering = True
+    """Whether the call being dispatched wants an answer (when it does not,
+    a manager's result is not serialized: nothing would tell the peer of the
+    references that would register)."""
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -374,14 +378,22 @@ class Broker(pb.Broker):
                 self.remotelyCachedObjects[luid].decref()
 
     def dataReceived(self, chunk: bytes) -> None:
-        now = self.factory.clock.seconds()
-        self.lastReceived = now
+        self.lastReceived = self.factory.clock.seconds()
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        """
+        Decode C{chunk} (and what was kept while reading was paused), then
+        charge what the message under way holds to the shared pool and note
+        when it began (see L{_Watchdog}'s message timeout).
+        """
         decoder = self._decoder
         outermost = _Cork.pending is None
         if outermost:
             _Cork.pending = {}
         try:
-            decoder.feed(chunk)
+            if chunk or not decoder.paused:
+                decoder.feed(chunk)
             if self._pool is not None and not decoder.stopped:
                 refusal = self._pool.charge(self, decoder.messageBytes,
                                             decoder.messageItems)
@@ -397,9 +409,10 @@ class Broker(pb.Broker):
         finally:
             if outermost:
                 _Cork.flush()
-        if decoder.messageBytes and not decoder.stopped:
+        # While paused, what is kept may be whole messages not yet read.
+        if decoder.messageBytes and not decoder.stopped and not decoder.paused:
             if self._messageSince is None:
-                self._messageSince = now
+                self._messageSince = self.factory.clock.seconds()
         else:
             self._messageSince = None
 
@@ -457,6 +470,18 @@ class Broker(pb.Broker):
                           "{peer} sent {why}; answered with LimitExceeded",
                           peer=self.peer, why=str(why))
 
+    def expressionReceived(self, sexp: Any) -> None:
+        # Stock PB answers an unknown command by sending it back, and logs
+        # a peer's didNotUnderstand whole: both are the peer's to inflate.
+        if type(sexp) is not list or not sexp or sexp[0] not in _COMMANDS:
+            what = sexp[0] if type(sexp) is list and sexp else type(sexp).__name__
+            raise pb.ProtocolError(f"not a PB command: {safeText(repr(what), 40)}")
+        getattr(self, _COMMANDS[sexp[0]])(*sexp[1:])
+
+    def proto_didNotUnderstand(self, command: Any) -> None:
+        raise pb.ProtocolError(
+            f"the peer did not understand {safeText(repr(command), 40)}")
+
     def _gotExpression(self, sexp: Any) -> None:
         try:
             self.callExpressionReceived(sexp)
@@ -508,6 +533,7 @@ class Broker(pb.Broker):
             return
         try:
             name = message.decode("utf-8")
+            self.answering = bool(answerRequired)
             result = obj.remoteMessageReceived(self, name, netArgs, netKw)
         except pb.Error as e:
             if answerRequired:
@@ -527,6 +553,8 @@ class Broker(pb.Broker):
                     requestID)
             return
         if not answerRequired:
+            if isinstance(result, defer.Deferred):
+                result.addErrback(self._unanswered)
             return
         if not isinstance(result, defer.Deferred):
             self._sendAnswer(result, requestID)
@@ -538,6 +566,13 @@ class Broker(pb.Broker):
             if self._callsInProgress >= self.limits.maxPendingCalls:
                 self.pauseReading("calls")
             result.addBoth(self._callDone)
+
+    def _unanswered(self, failure: Failure) -> None:
+        # A call nobody waits for failed: logged (rate-limited), not left
+        # to Twisted's "Unhandled error in Deferred".
+        self.factory.errorLog.failure(
+            ("unanswered", failure.type), "a call from {peer} that wants no answer "
+            "failed", failure, peer=self.peer)
 
     def _callDone(self, result: Any) -> None:
         self._callsInProgress -= 1
@@ -572,16 +607,8 @@ class Broker(pb.Broker):
         self.lastReceived = self.factory.clock.seconds()
         if self._socket is not None:
             self._socket.startReading()
-        outermost = _Cork.pending is None
-        if outermost:
-            _Cork.pending = {}
-        try:
-            self._decoder.resume()
-        except Exception as e:
-            self._refuse(f"a malformed message ({type(e).__name__}: {safeText(e, 200)})")
-        finally:
-            if outermost:
-                _Cork.flush()
+        self._decoder.paused = False
+        self._feed(b"")
 
     def hasUnread(self) -> bool:
         """Whether bytes from the peer wait in the socket, not yet read."""
@@ -826,6 +853,12 @@ class _Cork:
                                                 "cannot write to {peer}", peer=broker.peer)
 
 
+# What a peer may send, and the method that takes it.
+_COMMANDS = {name: "proto_" + name.decode() for name in (
+    b"version", b"message", b"cachemessage", b"answer", b"error", b"decref",
+    b"decache", b"uncache", b"didNotUnderstand")}
+
+
 def _expandedSize(value: Any, limit: int) -> int:
     """
     The bytes of C{value}'s strings as jelly would write them again (each
@@ -848,9 +881,12 @@ def _expandedSize(value: Any, limit: int) -> int:
                 stack.extend(item.values())
             else:
                 stack.extend(item)
-        elif isinstance(getattr(item, "__dict__", None), dict) and id(item) not in seen:
+        elif isinstance(item, _types.Declared) and id(item) not in seen:
+            # A copy's, model's or error's fields: what jelly would send of it
+            # (not its other attributes, which may reach the whole process).
             seen.add(id(item))
-            stack.extend(item.__dict__.values())
+            state = item.__dict__
+            stack.extend(state.get(name) for name in item._fields)
     return size
 
 

@@ -211,6 +211,8 @@ class Manager(pb.Referenceable):
                 d = defer.fail(result)
             elif isinstance(result, CoroutineType):
                 d = defer.Deferred.fromCoroutine(result)
+            elif not getattr(broker, "answering", True):
+                return None  # nobody waits for it: nothing to serialize
             else:
                 return broker.serialize(result, self.perspective)
         except _Hidden:
@@ -224,6 +226,9 @@ class Manager(pb.Referenceable):
                                  broker).value from None
         where = f"{iface.__identifier__}.{name}"
         d.addErrback(_toRemoteError, where, broker)
+        if not getattr(broker, "answering", True):
+            # Logged by _toRemoteError if unexpected; then nobody's concern.
+            return d.addCallbacks(lambda _: None, lambda f: None)
         d.addCallback(broker.serialize, self.perspective)
         d.addErrback(lambda f: f.trap(_Hidden) and Failure(_hidden(iface, name)))
         # What serializing the result raised (an application class's own

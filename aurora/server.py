@@ -20,7 +20,7 @@ from typing import Mapping
 from aurora import _schema, _types, _wire
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
-from aurora.errors import LimitExceeded, LoginFailed, UnknownInterface, safeRepr
+from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, safeRepr, safeText
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.remote import wrap
 from aurora.remoteable import Manager
@@ -43,9 +43,12 @@ class RegistryService(Manager):
             # Answered, then closed: the client learns why it cannot stay.
             self._server.factory.clock.callLater(0, self._broker.close)
             raise refused
+        if getattr(self._broker, "helloSaid", False):
+            raise Error("hello was already exchanged on this connection")
         _wire.checkVersion(peer, "client")
+        self._broker.helloSaid = True
         self.log.info("client {peer} connected (aurora {version})",
-                      peer=self._broker.peer, version=peer.get("aurora"))
+                      peer=self._broker.peer, version=safeText(peer.get("aurora"), 40))
         timeout = peer.get("timeout")
         if isinstance(timeout, (int, float)) and timeout > 0:
             # The client pings more often than this; silence means it is gone
@@ -64,10 +67,12 @@ class RegistryService(Manager):
             self._server.factory.clock.callLater(0, self._broker.close)
             raise refused
         identity = await self._server._authenticate(self._broker, username, password)
+        before = getattr(self._broker, "identity", None)
         self._broker.identity = identity
         self._server._loggedIn(self._broker, identity)
-        self.log.info("{peer} logged in as {who}", peer=self._broker.transport.getPeer(),
-                      who=identity.name or "anonymous")
+        if before != identity:  # a peer that logs in again and again: one line
+            self.log.info("{peer} logged in as {who}", peer=self._broker.peer,
+                          who=identity.name or "anonymous")
         return RegistryView(self._registry, identity)
 
     def types(self) -> Any:

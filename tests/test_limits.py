@@ -457,3 +457,148 @@ async def test_referencesCannotAmplifyAnAnswer():
     finally:
         await raw.close()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknownCommandsAreNotEchoedNorLoggedWhole():
+    """
+    Stock PB echoes an unknown command back and logs a peer's
+    didNotUnderstand whole.  Before login either closes the connection;
+    after, it is one short line per interval.
+    """
+    server, port, _ = await serve()
+    lines = LogLines()
+    raw = RawClient()
+    try:
+        peer = await rawConnection(port)
+        peer.transport.write(OPENING + encode([b"didNotUnderstand", b"\xff" * 10_000]))
+        await peer.lost.addTimeout(10, reactor)
+        await raw.connect(port)
+        for _ in range(100):
+            raw.broker.sendCall(b"didNotUnderstand", b"\xff" * 10_000)
+            raw.broker.sendCall(b"bogus" * 1000, 1)
+        await stillServes(raw)
+        mine = lines.matching(str(raw.broker.transport.getHost().port))
+        assert 1 <= len(mine) <= 2
+        assert all(len(formatEvent(e)) < 400 for e in lines.events)
+    finally:
+        lines.close()
+        await raw.close()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_helloAndLoginAgainCostNoLogLines():
+    """A peer's own words in hello are cut; hello twice is an error; login twice, one line."""
+    server, port, _ = await serve()
+    lines = LogLines()
+    raw = RawClient()
+    try:
+        await raw.connect(port)
+        said = {"protocol": 2, "aurora": "x" * 5000}
+        await raw.root.callRemote("hello", said)
+        with pytest.raises(Exception, match="already exchanged"):
+            await raw.root.callRemote("hello", said)
+        for _ in range(50):
+            await raw.root.callRemote("login", None, None)
+        assert len(lines.matching("logged in as")) == 1
+        assert all(len(formatEvent(e)) < 400 for e in lines.events)
+    finally:
+        lines.close()
+        await raw.close()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_callsThatWantNoAnswerRegisterNothingAndLogQuietly():
+    """
+    A call sent with answerRequired=0: its result is not serialized (no
+    reference the peer never hears of), and its failures are logged through
+    the rate-limited log, never as an unhandled error.
+    """
+    server, port, _ = await serve()
+    lines = LogLines()
+    raw = RawClient()
+    try:
+        await raw.connect(port)
+        users = await raw.view.callRemote("getManager", IUserManager.__identifier__)
+        [broker] = list(server._brokers)
+        before = len(broker.localObjects)
+        for _ in range(200):
+            raw.broker.sendCall(b"message", raw.broker.newRequestID(), users.luid,
+                                b"getAdmin", 0, [b"tuple"], [b"dictionary"])
+            raw.broker.sendCall(b"message", raw.broker.newRequestID(), users.luid,
+                                b"fail", 0, [b"tuple", [b"unicode", b"deferred"]],
+                                [b"dictionary"])
+        await stillServes(raw)
+        assert len(broker.localObjects) == before
+        assert not lines.matching("Unhandled error")
+        assert len([e for e in lines.events if e.get("log_failure")]) <= 1
+    finally:
+        lines.close()
+        await raw.close()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelinerIsProbedNotTakenForATrickler():
+    """
+    A client whose pipelined calls paused reading, and that then goes quiet,
+    is probed (and stays), not dropped for "taking too long to send one
+    message".
+    """
+    clock = task.Clock()
+    manager = UserManager(clock=clock)
+    registry = Registry()
+    registry.register(IUserManager, manager)
+    server = Server(registry, maxPendingCalls=2, idleTimeout=10, clock=clock)
+    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    raw = RawClient()
+    try:
+        await raw.connect(port)
+        users = await raw.view.callRemote("getManager", IUserManager.__identifier__)
+        calls = [users.callRemote("slowEcho", i, 1) for i in range(3)]
+        [broker] = list(server._brokers)
+        for _ in range(500):  # bounded: until reading has paused
+            if broker.readingPaused:
+                break
+            await pause()
+        for _ in range(3):
+            clock.advance(1)
+            await pause(0.05)
+        assert [await c for c in calls] == [0, 1, 2]
+        assert broker._messageSince is None
+        for _ in range(2):  # two idle spells, each probed and answered
+            before = broker.lastReceived
+            clock.advance(10)
+            for _ in range(200):
+                if broker.lastReceived > before:
+                    break
+                await pause()
+            assert broker.lastReceived > before
+        await stillServes(raw)
+    finally:
+        await raw.close()
+        await server.stop()
+
+
+def test_expandedSizeCountsWhatJellyWouldSendOnly():
+    """
+    Only strings, containers and declared types' fields count: not other
+    attributes of what arrived (a wrapper reaches its factory, the reactor,
+    the whole process).
+    """
+    from aurora._wire import _expandedSize
+    from tests.app import User
+
+    class Holder:
+        def __init__(self) -> None:
+            self.world = ["x" * 1000] * 10_000
+
+    text = "y" * 1000
+    assert _expandedSize([Holder(), text, text], 10**9) == 3 * 8 + 2000
+    user = User(name=text, email=text)
+    user.notAField = ["z" * 1000] * 1000
+    assert _expandedSize(user, 10**9) == 2000
+    # It stops once past the limit, not at the 1,008,000 bytes in all.
+    assert 5000 < _expandedSize([text] * 1000, 5000) <= 8 * 1000 + 1000
