@@ -602,3 +602,30 @@ def test_expandedSizeCountsWhatJellyWouldSendOnly():
     assert _expandedSize(user, 10**9) == 2000
     # It stops once past the limit, not at the 1,008,000 bytes in all.
     assert 5000 < _expandedSize([text] * 1000, 5000) <= 8 * 1000 + 1000
+
+
+@pytest.mark.parametrize("message, why", [
+    (encode([b"message", 1, b"root", b"hello", 1, [b"tuple", b"x" * 20_000],
+             [b"dictionary"]]), "bytes"),
+    (b"", "depth"),  # built in the test: 25 levels
+])
+@pytest_twisted.ensureDeferred
+async def test_eachBudgetBeforeLoginClosesTheConnection(message, why):
+    """Before login: 16 KiB and 20 levels per message (items: see above)."""
+    if why == "depth":
+        deep: list = [b"tuple", 0]
+        for _ in range(25):
+            deep = [b"tuple", deep]
+        message = encode([b"message", 1, b"root", b"hello", 1, deep, [b"dictionary"]])
+    server, port, _ = await serve()
+    lines = LogLines()
+    try:
+        peer = await rawConnection(port)
+        peer.transport.write(OPENING + message)
+        await peer.lost.addTimeout(10, reactor)
+        [line] = lines.matching("dropping the connection")
+        assert "before logging in" in formatEvent(line)
+        assert ("16384 bytes" if why == "bytes" else "20 levels") in formatEvent(line)
+    finally:
+        lines.close()
+        await server.stop()
