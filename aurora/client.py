@@ -261,8 +261,12 @@ class Client:
                 f"connected, but the aurora handshake failed: "
                 f"{'no answer' if isinstance(e, defer.TimeoutError) else e}")
             if not broker.disconnected:
-                self.log.failure("resync with {endpoint} failed; reconnecting",
-                                 endpoint=self._description)
+                if isinstance(e, Error):  # the server's own refusal: its words
+                    self.log.warn("{endpoint} refused the connection ({why}); "
+                                  "reconnecting", endpoint=self._description, why=e)
+                else:
+                    self.log.failure("resync with {endpoint} failed; reconnecting",
+                                     endpoint=self._description)
                 broker.close()
             return
         if broker.disconnected:
