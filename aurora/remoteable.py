@@ -316,6 +316,11 @@ class Model(Declared, pb.Cacheable):
     caller gets a live, read-only mirror of the same class that sends the same
     signal with itself as sender.  A mirror can be sent onward and is then
     observed like the original.
+
+    Order: on a change, the local C{changed} handlers run first, then the
+    observers are sent the field's value as it stands after them.  So a
+    handler may normalise a value (assign the field again) and every mirror
+    still ends in the origin's final state.
     """
 
     _link: Subscription | None = None
@@ -351,7 +356,13 @@ class Model(Declared, pb.Cacheable):
         if name in d and type(old) is type(value) and old == value:
             return
         d[name] = value
+        # The rule: local handlers run first; then observers get the value as
+        # it stands after them.  A handler that sets the field again (to
+        # normalise it) has sent its own update already, and this one, now
+        # stale, would arrive after it and leave every mirror behind.
         signals.send(signals.changed, self, name=name, value=value, old=old)
+        if d.get(name) is not value:
+            return
         observers = d.get("_observers")
         if not observers:
             return

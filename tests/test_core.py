@@ -204,6 +204,41 @@ async def test_modelMirrorFollowsTheOriginal(served):
 
 
 @pytest_twisted.ensureDeferred
+async def test_handlerThatNormalisesAValueLeavesMirrorsInTheFinalState(served):
+    """
+    A server-side handler that assigns the field again (normalising 50 to
+    10) runs before the observers are sent anything: every mirror ends at
+    the origin's final value, never at the intermediate one.
+    """
+    from pydispatch import dispatcher
+
+    users = await served.remote.getManager(IUserManager)
+    mirror = await users.getModel("alice")
+    original = served.manager.models["alice"]
+
+    def normalise(sender, name, value, **kw):
+        if name == "name" and value == "ALICE":
+            sender.name = "alice-normalised"
+
+    dispatcher.connect(normalise, signal=signals.changed, sender=original, weak=False)
+    remote = Recorder(mirror)
+    try:
+        arrived = remote.next()
+        original.name = "ALICE"
+        await arrived
+        assert original.name == mirror.name == "alice-normalised"
+        # A later change proves nothing stale was still on its way.
+        arrived = remote.next()
+        await users.setOnline("alice", True)
+        await arrived
+        assert remote.events == [("name", "alice-normalised", "alice"),
+                                 ("online", True, False)]
+    finally:
+        dispatcher.disconnect(normalise, signal=signals.changed, sender=original)
+        remote.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_modelChangeReachesTenClients(served):
     mirrors = []
     for _ in range(10):
