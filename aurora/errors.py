@@ -110,7 +110,10 @@ class Error(Declared, pb.Error, pb.Copyable):
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other._state() == self._state()
 
-    __hash__ = Exception.__hash__
+    def __hash__(self) -> int:
+        # Consistent with __eq__: equal errors (same type and state) hash
+        # alike, so they can be set members and dict keys.
+        return hash((type(self), self.message))
 
 
 class RegistrationError(Error):

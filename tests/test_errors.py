@@ -454,3 +454,11 @@ def test_errorMessagesLoseAddresses():
     error = errors.SerializationError("cannot send <a.B object at 0x7f3a2c1d9e50>")
     assert str(error) == error.message == "cannot send <a.B object>"
     assert error.args == ("cannot send <a.B object>",)
+
+
+def test_equalErrorsHashAlike():
+    """Errors compare by type and state; they hash by type and message, to match."""
+    a, b = errors.LimitExceeded("too much", limit=3), errors.LimitExceeded("too much", limit=3)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert errors.LimitExceeded("too much", limit=4) != a
+    assert errors.Timeout("too much") != a and len({a, errors.Timeout("too much")}) == 2
