@@ -24,6 +24,8 @@ import base64
 import datetime
 import decimal
 import json
+import os
+import signal
 import sys
 from typing import Any, TextIO
 
@@ -38,6 +40,7 @@ from aurora.remoteable import Copyable, Model
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_CONNECTION, EXIT_UNKNOWN, EXIT_ARGUMENTS, \
     EXIT_REMOTE = 0, 1, 2, 3, 4, 5, 6
+EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a closed pipe
 
 
 class _Failed(Exception):
@@ -192,9 +195,15 @@ async def _watch(client: Client, registry: Any, args: argparse.Namespace,
 
     dispatcher.connect(changed, signal=signals.changed, sender=model, weak=False)
     dispatcher.connect(down, signal=signals.disconnected, sender=client, weak=False)
-    out.write(json.dumps(toJSON(model)) + "\n")
-    out.flush()
-    await defer.Deferred()  # until Ctrl-C; the client reconnects by itself
+    try:
+        out.write(json.dumps(toJSON(model)) + "\n")
+        out.flush()
+        await defer.Deferred()  # until interrupted; the client reconnects by itself
+    finally:
+        # Stopping the client sends `disconnected` too: not a lost connection.
+        # (weak=False as connected: otherwise pydispatcher removes nothing.)
+        dispatcher.disconnect(down, signal=signals.disconnected, sender=client, weak=False)
+        dispatcher.disconnect(changed, signal=signals.changed, sender=model, weak=False)
 
 
 async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
@@ -215,9 +224,15 @@ async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
 
             password = getpass.getpass(f"password for {args.user}: ").encode("utf-8")
         credentials = UsernamePassword(args.user.encode("utf-8"), password)
-    client = Client(args.endpoint, credentials, connectTimeout=args.timeout,
-                    callTimeout=args.timeout, opaque=True,
-                    allowInsecureLogin=args.allow_insecure_login, reactor=reactor)
+    try:
+        client = Client(args.endpoint, credentials, connectTimeout=args.timeout,
+                        callTimeout=args.timeout, opaque=True,
+                        allowInsecureLogin=args.allow_insecure_login, reactor=reactor)
+    except Exception as e:  # Twisted's endpoint parser: ValueError, KeyError, ...
+        sys.stderr.write(
+            f"aurora: bad endpoint {args.endpoint!r} ({type(e).__name__}: {e}); a "
+            "client endpoint looks like tcp:HOST:PORT or tls:HOST:PORT:trustRoots=DIR\n")
+        return EXIT_USAGE
     try:
         values = _parseArgs(getattr(args, "args", []))
         registry = await client.getRegistry()
@@ -232,6 +247,13 @@ async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
     except _Failed as e:
         sys.stderr.write(f"aurora: {e}\n")
         return e.status
+    except BrokenPipeError:
+        # The reader went away (| head): quiet, as other tools are.  What is
+        # still buffered for stdout must not fail again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
+    except defer.CancelledError:
+        return EXIT_OK  # interrupted: main() chooses the status
     except Exception as e:
         # An application error the CLI has no class for still has its name.
         label = e.typeName.rpartition(".")[2] if isinstance(e, errors.Error) \
@@ -247,7 +269,27 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
 
     async def go(reactor: Any) -> None:
-        status = await run(reactor, argv)
+        interrupted: list[int] = []
+        running = defer.ensureDeferred(run(reactor, argv))
+
+        def stop(signum: int, frame: Any) -> None:
+            # The shell's convention: 128 + the signal (130 for Ctrl-C, 143
+            # for SIGTERM); interrupted is not success.
+            interrupted.append(128 + signum)
+            reactor.callFromThread(running.cancel)
+
+        def install() -> None:
+            # After the reactor's own handlers (react calls us before run()).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, stop)
+
+        reactor.callWhenRunning(install)
+        try:
+            status = await running
+        except defer.CancelledError:
+            status = EXIT_OK
+        if interrupted:
+            status = interrupted[0]
         if status:
             raise SystemExit(status)
 

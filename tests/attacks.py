@@ -1014,7 +1014,7 @@ async def attack2_stall(options: dict | None = None, strict: bool = True,
 
         dispatcher.connect(down, signal=signals.disconnected, sender=healthy, weak=False)
         s.later(lambda: dispatcher.disconnect(down, signal=signals.disconnected,
-                                              sender=healthy))
+                                              sender=healthy, weak=False))
         peer = await rawConnect(server.port)
         s.later(peer.abort)
         luid = await peer.manager()

@@ -127,7 +127,7 @@ class SignalLog:
         return d.addTimeout(timeout, reactor)
 
     def close(self) -> None:
-        dispatcher.disconnect(self, signal=self.signal, sender=self.sender)
+        dispatcher.disconnect(self, signal=self.signal, sender=self.sender, weak=False)
 
 
 def forgetSenders() -> None:

@@ -48,7 +48,7 @@ class Recorder:
         return d
 
     def close(self):
-        dispatcher.disconnect(self, signal=signals.changed, sender=self.sender)
+        dispatcher.disconnect(self, signal=signals.changed, sender=self.sender, weak=False)
 
 
 # -- managers
@@ -234,7 +234,8 @@ async def test_handlerThatNormalisesAValueLeavesMirrorsInTheFinalState(served):
         assert remote.events == [("name", "alice-normalised", "alice"),
                                  ("online", True, False)]
     finally:
-        dispatcher.disconnect(normalise, signal=signals.changed, sender=original)
+        dispatcher.disconnect(normalise, signal=signals.changed, sender=original,
+                              weak=False)
         remote.close()
 
 
@@ -318,7 +319,7 @@ def test_changedOnlyOnRealChangeAndRobustToFailingReceivers():
         assert recorder.events == [("online", True, False), ("online", 1, True)]
     finally:
         recorder.close()
-        dispatcher.disconnect(broken, signal=signals.changed, sender=model)
+        dispatcher.disconnect(broken, signal=signals.changed, sender=model, weak=False)
 
 
 # -- errors

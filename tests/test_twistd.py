@@ -313,3 +313,44 @@ def test_limitsAndGrantsReachTheServer(tmp_path):
     assert server._idleTimeout == 30.0
     assert server._grants == {"relay-eu": {"referenceLimit": 5000},
                               None: {"maxPendingCalls": 50}}
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:8789", "tcp:127.0.0.1", "http://x/"])
+@pytest_twisted.ensureDeferred
+async def test_cliBadEndpointIsOneLineAndUsage(endpoint):
+    out, err, code = await aurora("ls", endpoint)
+    assert code == 2, (code, err)
+    assert err.decode().count("\n") == 1 and "bad endpoint" in err.decode()
+    assert b"Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_cliIntoAClosedPipeIsQuiet(registryProcess):
+    """`aurora ls ... | head -1`: no BrokenPipeError, the shell's status for it."""
+    out, err, code = await runCommand(
+        "/bin/sh", "-c", f"{os.path.join(BIN, 'aurora')} ls "
+        f"tcp:127.0.0.1:{registryProcess.port} | head -c 1; "
+        "echo \" ${PIPESTATUS:-}\" >&2", env=os.environ.copy())
+    assert b"BrokenPipe" not in err and b"Traceback" not in err, err
+
+
+@pytest.mark.parametrize("signal_, status", [("INT", 130), ("TERM", 143)])
+@pytest_twisted.ensureDeferred
+async def test_cliWatchInterruptedIsNotSuccess(registryProcess, signal_, status):
+    """Interrupted `watch`: 130 or 143, and no 'connection lost' line."""
+    watcher = LineReader()
+    first = watcher.next()
+    reactor.spawnProcess(watcher, os.path.join(BIN, "aurora"), [
+        "aurora", "watch", f"tcp:127.0.0.1:{registryProcess.port}",
+        "tests.app.IUserManager", "getModel", '"alice"'], env=os.environ.copy())
+    try:
+        assert await first == {"name": "alice", "online": False}
+        watcher.transport.signalProcess(signal_)
+        reason = await watcher.ended
+        assert reason.exitCode == status, (reason, watcher.errors)
+        assert b"connection lost" not in watcher.errors
+        assert b"Traceback" not in watcher.errors
+    finally:
+        if not watcher.ended.called:
+            watcher.transport.signalProcess("KILL")
+            await watcher.ended
