@@ -478,3 +478,18 @@ async def test_otherClientsUnaffectedByErrors(served):
     with pytest.raises(errors.SerializationError):
         await users.echo(Color.RED)
     assert await other.echo("fine") == "fine"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopSendsDisconnectedOnce(served):
+    """The README says so: closing the client is a disconnect its handlers hear."""
+    from tests.helpers import SignalLog
+
+    client = served.newClient(heartbeat=None)
+    await client.getRegistry()
+    log = SignalLog(signals.disconnected, client)
+    try:
+        await client.stop()
+        assert log.events == [{}]
+    finally:
+        log.close()
