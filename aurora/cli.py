@@ -32,6 +32,8 @@ from typing import Any, TextIO
 from pydispatch import dispatcher
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, task
+from twisted.internet.endpoints import clientFromString
+from twisted.python.failure import Failure
 
 from aurora import _schema, auth, errors, signals
 from aurora.client import Client
@@ -160,6 +162,39 @@ def _status(e: BaseException) -> int:
     return EXIT_OTHER
 
 
+class _FailFast:
+    """A client endpoint whose first failed attempt fires C{failed} with the reason."""
+
+    def __init__(self, endpoint: Any, description: str) -> None:
+        self.endpoint = endpoint
+        self.description = description
+        self.failed: defer.Deferred = defer.Deferred()
+
+    def __repr__(self) -> str:
+        return self.description  # how the Client names it in messages
+
+    def connect(self, factory: Any) -> defer.Deferred:
+        def failed(f: Any) -> Any:
+            if not self.failed.called:
+                self.failed.callback(f.getErrorMessage())
+            return f
+
+        return self.endpoint.connect(factory).addErrback(failed)
+
+
+def _first(*ds: defer.Deferred) -> defer.Deferred:
+    """Whichever of C{ds} fires first, result or failure."""
+    done: defer.Deferred = defer.Deferred()
+
+    def fired(result: Any) -> None:
+        if not done.called:
+            done.callback(result) if not isinstance(result, Failure) else done.errback(result)
+
+    for d in ds:
+        d.addBoth(fired)
+    return done
+
+
 async def _ls(registry: Any, out: TextIO) -> None:
     for name in await registry.interfaces():
         manager = await registry.getManager(name)
@@ -225,17 +260,23 @@ async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
             password = getpass.getpass(f"password for {args.user}: ").encode("utf-8")
         credentials = UsernamePassword(args.user.encode("utf-8"), password)
     try:
-        client = Client(args.endpoint, credentials, connectTimeout=args.timeout,
-                        callTimeout=args.timeout, opaque=True,
-                        allowInsecureLogin=args.allow_insecure_login, reactor=reactor)
+        endpoint = _FailFast(clientFromString(reactor, args.endpoint), args.endpoint)
     except Exception as e:  # Twisted's endpoint parser: ValueError, KeyError, ...
         sys.stderr.write(
             f"aurora: bad endpoint {args.endpoint!r} ({type(e).__name__}: {e}); a "
             "client endpoint looks like tcp:HOST:PORT or tls:HOST:PORT:trustRoots=DIR\n")
         return EXIT_USAGE
+    client = Client(endpoint, credentials, connectTimeout=args.timeout,
+                    callTimeout=args.timeout, opaque=True,
+                    allowInsecureLogin=args.allow_insecure_login, reactor=reactor)
     try:
         values = _parseArgs(getattr(args, "args", []))
-        registry = await client.getRegistry()
+        registry = await _first(client.getRegistry(), endpoint.failed)
+        if isinstance(registry, str):
+            # The first attempt failed (refused, no such host): a one-shot
+            # command says so at once; the timeout is for silence.
+            raise errors.ConnectionFailed(
+                f"cannot connect to {args.endpoint}: {registry}", endpoint=args.endpoint)
         if args.command == "ls":
             await _ls(registry, out)
         elif args.command == "call":

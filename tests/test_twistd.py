@@ -74,8 +74,11 @@ async def test_serverAndRelayDrivenByClientAndCLI(registryProcess, tmp_path):
         out, err, code = await aurora("call", endpoint, "tests.app.IUserManager",
                                       "fail", '"app"')
         assert code == 6 and "NotAllowed: alice may not" in err.decode()
-        out, err, code = await aurora("--timeout", "2", "ls", "tcp:127.0.0.1:1")
+        # Refused: said at once, not after the timeout (600 s: waiting for
+        # it would run into this test's own 120 s limit).
+        out, err, code = await aurora("--timeout", "600", "ls", "tcp:127.0.0.1:1")
         assert code == 3 and "refused" in err.decode()
+        assert "cannot connect to tcp:127.0.0.1:1" in err.decode()
         assert b"Traceback" not in err
     finally:
         await client.stop()
