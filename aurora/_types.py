@@ -2,7 +2,8 @@
 The table of classes that may cross the wire by value.
 
 Copyables, Models and Errors declare ``fields``; defining such a class
-declares it here under its type name (its dotted name unless the class sets
+declares it here under its type name (its module and qualified name,
+C{myapp.models.Order.Line} for a nested class, unless the class sets
 ``typeName``).  Only declared type names are accepted from a peer
 (``_wire.Security`` asks this table), and only declared fields travel.
 
@@ -51,7 +52,7 @@ def declareClass(cls: type) -> None:
             f"{qual(cls)}.typeName {cls.typeName!r} is not a dotted name "
             "(module.Class) or is aurora's own; give it one")
     known = _declared.get(name)
-    if known is not None and qual(known) != qual(cls):
+    if known is not None and _qualified(known) != _qualified(cls):
         raise ValueError(
             f"type name {cls.typeName!r} is already declared by {qual(known)}; "
             f"give {qual(cls)} another typeName"
@@ -61,6 +62,11 @@ def declareClass(cls: type) -> None:
     # would also widen twisted's globalSecurity for stock PB brokers in this
     # process.
     jelly.unjellyableRegistry[name] = _receiver(name)
+
+
+def _qualified(cls: type) -> str:
+    """C{module.Outer.Inner}: what tells apart two classes of one module."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def registerMirror(original: type, mirror: type) -> None:
@@ -154,7 +160,9 @@ class Declared:
     def __init_subclass__(cls, declare: bool = True, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "typeName" not in cls.__dict__:
-            cls.typeName = qual(cls)
+            # The qualified name: a class nested in another (Outer.Item) is
+            # not the module's top-level Item.
+            cls.typeName = _qualified(cls)
         cls._fields = allFields(cls)
         if declare:
             declareClass(cls)

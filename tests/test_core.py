@@ -493,3 +493,35 @@ async def test_stopSendsDisconnectedOnce(served):
         assert log.events == [{}]
     finally:
         log.close()
+
+
+class Item(Copyable):
+    fields = ("top",)
+
+
+class Order(Copyable):
+    fields = ("lines",)
+
+    class Item(Copyable):  # the same __name__ as the module's Item
+        fields = ("nested",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nestedClassIsItsOwnType(served):
+    """
+    A type name is the module and qualified name: a nested Order.Item does
+    not replace the module's top-level Item, and both arrive as themselves.
+    """
+    assert Item.typeName == "tests.test_core.Item"
+    assert Order.Item.typeName == "tests.test_core.Order.Item"
+    users = await served.remote.getManager(IUserManager)
+    top, nested = await users.echo([Item(top=1), Order.Item(nested=2)])
+    assert type(top) is Item and top.top == 1
+    assert type(nested) is Order.Item and nested.nested == 2
+
+
+def test_aTypeNameTakenByAnotherClassIsRefused():
+    with pytest.raises(ValueError, match="already declared by tests.test_core.Item"):
+        class Impostor(Copyable):
+            typeName = "tests.test_core.Item"
+            fields = ("x",)
