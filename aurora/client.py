@@ -153,7 +153,7 @@ class Client:
         self._allowInsecureLogin = allowInsecureLogin
         self._root = Wrapper(None, (IRegistryService.__identifier__,), self.factory)
         self._view = Wrapper(None, (IRegistryView.__identifier__,), self.factory)
-        self._registry = Registry(self._view)
+        self._registry = Registry(self._view, source=self)
         self._up = False
         self.everConnected = False
         self._broker: Any = None
@@ -278,6 +278,34 @@ class Client:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self._registry)
+
+    def relayTypes(self) -> None:
+        """
+        Pass on, as opaque objects, the types the server advertises (what a
+        relay does): from the next connection on, or now if connected.  A
+        L{Server} serving this client's registry asks for it.
+        """
+        if self._opaque:
+            return
+        self._opaque = True
+        if self._up:
+            self._root._call("types", (), {}, self._timeoutFor()).addCallbacks(
+                self._learnTypes,
+                lambda f: self.log.warn("cannot learn {endpoint}'s types: {why}",
+                                        endpoint=self._description,
+                                        why=f.getErrorMessage()))
+
+    async def relayedTypes(self) -> dict[str, Any]:
+        """The types this process can pass on, once the server's are learned."""
+        if not self.everConnected:
+            # Just after a relay starts its link may not be up: wait for the
+            # first connection, within the call deadline.
+            try:
+                await self.whenConnected().addTimeout(
+                    self._timeoutFor() or 30.0, self._clock)
+            except defer.TimeoutError:
+                pass
+        return _types.advertised()
 
     def _learnTypes(self, types: Any) -> None:
         opaque = {"copy": OpaqueCopy, "model": OpaqueModel, "error": OpaqueError}

@@ -381,14 +381,36 @@ class Registry:
 
     Asking twice for one interface gives the same wrapper object, for as long
     as the application holds it.  A remote registry can itself be served by
-    an L{aurora.Server}: that makes a relay.
+    an L{aurora.Server}: that makes a relay, which passes on the types its
+    upstream advertises without importing them (see L{relay}).
+
+    @param source: what L{relay} and L{types} ask (the L{aurora.Client} this
+        registry belongs to): C{relayTypes()}, and C{relayedTypes()}, a
+        Deferred of the types it can pass on.
     """
 
-    def __init__(self, root: Wrapper) -> None:
+    def __init__(self, root: Wrapper, source: Any = None) -> None:
         self._root = root
+        self._source = source
         self._wrappers: weakref.WeakValueDictionary[str, Wrapper] = (
             weakref.WeakValueDictionary()
         )
+
+    def relay(self) -> None:
+        """
+        This registry is served by a L{aurora.Server} (a Server asks this
+        itself): accept the Copyable, Model and Error types the upstream
+        advertises as opaque objects, so that a process without the
+        application's modules can pass them on.
+        """
+        if self._source is not None:
+            self._source.relayTypes()
+
+    def types(self) -> defer.Deferred:
+        """The types this registry's server can pass on (see L{relay})."""
+        if self._source is None:
+            return defer.succeed(_types.advertised())
+        return defer.ensureDeferred(self._source.relayedTypes())
 
     def getManager(self, iface: Any) -> defer.Deferred:
         try:

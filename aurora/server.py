@@ -260,6 +260,11 @@ class Server:
         if reactor is None:
             from twisted.internet import reactor
         self._registry = registry
+        # A client's registry served again (a relay, the bare way): it must
+        # pass its upstream's types on without this process importing them.
+        relay = getattr(registry, "relay", None)
+        if callable(relay):
+            relay()
         self._reactor = reactor
         self._portal = portal
         self._allowInsecureLogin = allowInsecureLogin

@@ -71,21 +71,38 @@ task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1:])))
 """
 
 
+# The bare relay the README shows, Server(client.registry), likewise without
+# the application's modules.
+_BARE_RELAY = """
+import sys
+sys.modules["tests"] = None
+from twisted.internet import defer, task
+from aurora import Client, Server
+
+async def main(reactor, upstream, listen):
+    client = Client(upstream, reactor=reactor, connectTimeout=None, heartbeat=0.5)
+    port = await Server(client.registry, reactor=reactor).listen(listen)
+    client.start()
+    print(f"listening on {port.getHost().port}", flush=True)
+    await defer.Deferred()
+
+task.react(lambda reactor: defer.ensureDeferred(main(reactor, *sys.argv[1:])))
+"""
+
+
 class RelayProcess(ServerProcess):
     """C{python -m aurora.relay} in a process that has no application code."""
 
     @classmethod
     async def start(cls, upstreamPort: int, port: int = 0, *args: str,
-                    workdir: str = "/") -> RelayProcess:
+                    workdir: str = "/", bare: bool = False) -> RelayProcess:
         proc = cls()
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        reactor.spawnProcess(
-            proc, sys.executable,
-            [sys.executable, "-c", _RELAY,
-             "--upstream", f"tcp:127.0.0.1:{upstreamPort}",
-             "--listen", f"tcp:{port}:interface=127.0.0.1", *args],
-            env=env, path=workdir,
-        )
+        upstream = f"tcp:127.0.0.1:{upstreamPort}"
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        argv = [sys.executable, "-c", _BARE_RELAY, upstream, listen] if bare else [
+            sys.executable, "-c", _RELAY, "--upstream", upstream, "--listen", listen, *args]
+        reactor.spawnProcess(proc, sys.executable, argv, env=env, path=workdir)
         proc.port = await proc.ready.addTimeout(30, reactor)
         proc.upstreamPort = upstreamPort
         return proc

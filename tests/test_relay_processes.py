@@ -133,3 +133,27 @@ async def test_killAndRestartTheOrigin(tmp_path):
             changes.close()
     finally:
         await chain.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bareRelayNeedsNoFlagNorApplicationCode(tmp_path):
+    """
+    Server(client.registry), in a process without the application's modules,
+    passes copies, models and errors on: serving the registry is what makes
+    the client relay its upstream's types (no opaque=True).
+    """
+    origin = await ServerProcess.start()
+    relay = await RelayProcess.start(origin.port, workdir=str(tmp_path), bare=True)
+    client = Client(f"tcp:127.0.0.1:{relay.port}", **CLIENT)
+    try:
+        users = await (await client.getRegistry()).getManager(IUserManager)
+        alice = await users.getUser("alice")
+        assert type(alice) is User and alice.name == "alice"
+        model = await users.getModel("alice")
+        assert type(model) is UserModel
+        with pytest.raises(NotAllowed):
+            await users.fail("app")
+    finally:
+        await client.stop()
+        await relay.kill()
+        await origin.kill()
