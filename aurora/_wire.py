@@ -153,6 +153,8 @@ class Broker(pb.Broker):
     _socket: Any = None  # the TCP connection under any TLS
     _messageSince: float | None = None  # when the message under way began
     _refusal: _banana.Refusal | None = None  # of the message being skipped
+    _firstBytes = b""
+    _whyLost: str | None = None  # why the connection never became ready
     answering = True
     """Whether the call being dispatched wants an answer (when it does not,
     a manager's result is not serialized: nothing would tell the peer of the
@@ -379,6 +381,8 @@ class Broker(pb.Broker):
 
     def dataReceived(self, chunk: bytes) -> None:
         self.lastReceived = self.factory.clock.seconds()
+        if not self._isReady and len(self._firstBytes) < 16:
+            self._firstBytes += chunk[:16]  # to say what the peer was, if not PB
         self._feed(chunk)
 
     def _feed(self, chunk: bytes) -> None:
@@ -648,7 +652,8 @@ class Broker(pb.Broker):
         if self._isReady and not self.disconnected:
             return defer.succeed(self.remoteForName("root"))
         if self.disconnected:
-            return defer.fail(pb.PBConnectionLost("connection lost before it was ready"))
+            return defer.fail(pb.PBConnectionLost(
+                f"connection lost before it was ready: {self._whyLost}"))
         d: defer.Deferred = defer.Deferred()
         self._readyWaiters.append(d)
         return d
@@ -665,9 +670,12 @@ class Broker(pb.Broker):
             # may not): the lag timer must not outlive the connection.
             self.flow.stopProducing()
         waiting, self._readyWaiters = self._readyWaiters, []
+        if not self._isReady and self._whyLost is None:
+            self._whyLost = _whyNotReady(reason, self._firstBytes)
         super().connectionLost(reason)
         for d in waiting:
-            d.errback(pb.PBConnectionLost("connection lost before it was ready"))
+            d.errback(pb.PBConnectionLost(
+                f"connection lost before it was ready: {self._whyLost}"))
 
     def watch(self, timeout: float, interval: float | None = None,
               ping: Callable[[], Any] | None = None, *, quiet: bool = False,
@@ -857,6 +865,25 @@ class _Cork:
 _COMMANDS = {name: "proto_" + name.decode() for name in (
     b"version", b"message", b"cachemessage", b"answer", b"error", b"decref",
     b"decache", b"uncache", b"didNotUnderstand")}
+
+
+def _whyNotReady(reason: Any, firstBytes: bytes) -> str:
+    """What a connection that never got through PB's handshake was, in words."""
+    value = getattr(reason, "value", None)
+    module = type(value).__module__ or ""
+    if module.startswith("OpenSSL"):
+        text = safeText(value, 200)
+        if "certificate verify failed" in text:
+            return ("TLS failed: the server's certificate is not trusted (certificate "
+                    "verify failed); give the client its CA with trustRoots=DIR")
+        return f"TLS failed ({text})"
+    if firstBytes[:1] in (b"\x15", b"\x16") and firstBytes[1:2] == b"\x03":
+        return "the server speaks TLS and this connection does not: connect with tls:"
+    if firstBytes:
+        return (f"the peer is not an aurora server: it sent "
+                f"{safeText(repr(firstBytes[:16]), 60)}")
+    return ("the peer closed it before PB's handshake (not an aurora server, or a TLS "
+            "port reached with plain TCP?)")
 
 
 def _expandedSize(value: Any, limit: int) -> int:

@@ -226,9 +226,15 @@ class Client:
         broker.notifyOnDisconnect(self._lost)
         if self._timeout:
             broker.watch(self._timeout, self._heartbeat, self._ping)
+        # What to say if the deadline passes while the server stays silent:
+        # a PB server speaks first, a TLS server waits for its client to.
+        self._endpoint.lastProblem = (
+            "connected, but the server has not begun PB's handshake (a TLS port "
+            "reached with plain TCP? connect with tls:)")
         try:
             rootRef = await broker.whenReady().addTimeout(
                 self._timeoutFor() or 30.0, self._clock)
+            self._endpoint.lastProblem = "connected, but the aurora handshake did not finish"
             self._root._rebind(Wrapper(rootRef, (), self.factory))
             peer = dict(_wire.versionInfo(), timeout=self._timeout,
                         referenceLimit=self._referenceLimit)
@@ -271,6 +277,7 @@ class Client:
             return
         if broker.disconnected:
             return
+        self._endpoint.lastProblem = None
         self._up = True
         self.everConnected = True
         self.log.info("connected to {endpoint}", endpoint=self._description)

@@ -633,3 +633,45 @@ async def test_eachBudgetBeforeLoginClosesTheConnection(message, why):
     finally:
         lines.close()
         await server.stop()
+
+
+class _Http(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aFailedConnectionSaysWhy(tmp_path):
+    """
+    An untrusted certificate, plain TCP to a TLS port and a peer that is not
+    aurora each fail getRegistry with their own cause, not one catch-all.
+    """
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from tests.helpers import makeCertificate
+
+    key, cert = makeCertificate(tmp_path)
+    server, _, _ = await serve()
+    tls = (await server.listen(f"ssl:0:privateKey={key}:certKey={cert}:"
+                               "interface=127.0.0.1")).getHost().port
+    http = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(_Http))
+    cases = [
+        (f"tls:localhost:{tls}", "certificate is not trusted"),
+        (f"tcp:127.0.0.1:{tls}", "TLS"),
+        (f"tcp:127.0.0.1:{http.getHost().port}", "not an aurora server: it sent b'HTTP/1.1"),
+    ]
+    try:
+        for endpoint, words in cases:
+            client = Client(endpoint, heartbeat=None, connectTimeout=2,
+                            reconnectDelay=0.05, maxReconnectDelay=0.2)
+            try:
+                with pytest.raises(errors.ConnectionFailed) as e:
+                    await client.getRegistry()
+                assert words in str(e.value), (endpoint, str(e.value))
+            finally:
+                await client.stop()
+    finally:
+        await http.stopListening()
+        await server.stop()
