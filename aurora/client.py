@@ -40,16 +40,36 @@ from aurora.remoteable import Model, OpaqueCopy, OpaqueModel
 class _RecordingEndpoint:
     """Remembers why the last attempt failed, for L{ConnectionFailed}."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
         self._endpoint = endpoint
+        self.description = description
         self.lastProblem: str | None = None
+        self.failures = 0  # attempts that failed since the last connection
+        self._failureWaiters: list[defer.Deferred] = []
+
+    def nextFailure(self) -> defer.Deferred:
+        """A Deferred firing when an attempt next fails."""
+        d: defer.Deferred = defer.Deferred()
+        self._failureWaiters.append(d)
+        return d
+
+    def __repr__(self) -> str:
+        return self.description  # ClientService logs its endpoint: no address
 
     def connect(self, factory: Any) -> defer.Deferred:
+        def connected(protocol: Any) -> Any:
+            self.failures = 0
+            return protocol
+
         def failed(f: Failure) -> Failure:
             self.lastProblem = f.getErrorMessage()
+            self.failures += 1
+            waiters, self._failureWaiters = self._failureWaiters, []
+            for d in waiters:
+                d.callback(None)
             return f
 
-        return self._endpoint.connect(factory).addErrback(failed)
+        return self._endpoint.connect(factory).addCallbacks(connected, failed)
 
 
 def retryPolicy(initialDelay: float, maxDelay: float) -> Callable[[int], float]:
@@ -132,7 +152,7 @@ class Client:
         self._description = endpoint if isinstance(endpoint, str) else repr(endpoint)
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
-        self._endpoint = _RecordingEndpoint(endpoint)
+        self._endpoint = _RecordingEndpoint(endpoint, self._description)
         self._connectTimeout = connectTimeout
         self._heartbeat = heartbeat
         self._timeout = timeout if timeout is not None else (
@@ -304,15 +324,35 @@ class Client:
 
     async def relayedTypes(self) -> dict[str, Any]:
         """The types this process can pass on, once the server's are learned."""
-        if not self.everConnected:
-            # Just after a relay starts its link may not be up: wait for the
-            # first connection, within the call deadline.
-            try:
-                await self.whenConnected().addTimeout(
-                    self._timeoutFor() or 30.0, self._clock)
-            except defer.TimeoutError:
-                pass
+        await self.firstConnection()
         return _types.advertised()
+
+    async def firstConnection(self) -> None:
+        """
+        For a relay just started: wait while the very first attempt to reach
+        the server is in progress (within the call deadline); once an
+        attempt has failed, or after it has ever connected, return at once
+        (its calls then fail at once with L{ConnectionLost}, naming why).
+        """
+        if self.everConnected or self._endpoint.failures:
+            return
+        connected, failed = self.whenConnected(), self._endpoint.nextFailure()
+        first = defer.DeferredList([connected, failed], fireOnOneCallback=True,
+                                   fireOnOneErrback=True, consumeErrors=True)
+        try:
+            await first.addTimeout(self._timeoutFor() or 30.0, self._clock)
+        except defer.TimeoutError:
+            pass
+        finally:
+            for d in (connected, failed):
+                if not d.called:
+                    d.cancel()
+
+    def unreachable(self) -> str | None:
+        """Why the server cannot be reached now, if an attempt failed since it last was."""
+        if self._up or not self._endpoint.failures:
+            return None
+        return f"{self._description} is unreachable: {self._endpoint.lastProblem}"
 
     def _learnTypes(self, types: Any) -> None:
         opaque = {"copy": OpaqueCopy, "model": OpaqueModel, "error": OpaqueError}

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from aurora import _schema, _types
 from aurora.client import Client
-from aurora.errors import UnknownInterface
+from aurora.errors import ConnectionLost, UnknownInterface
 from aurora.interfaces import IRegistry
 from aurora.registry import Registry
 from aurora.server import Server
@@ -62,16 +62,16 @@ class CompositeRegistry:
         return name in self.local._managers or self._allowed(name)
 
     async def _started(self) -> None:
-        # Just after the relay starts, its upstream link may not be up yet:
-        # wait for the first connection (bounded).  Later, an upstream that is
-        # down answers at once, with ConnectionLost.
+        # Just after the relay starts, its first attempt to reach upstream
+        # may be under way: wait for it (bounded).  Once an attempt has
+        # failed, or later, an unreachable upstream is said at once.
         client = self._client
-        if client is not None and not client.everConnected:
-            try:
-                await client.whenConnected().addTimeout(
-                    client.factory.callTimeout or 30.0, client.factory.clock)
-            except defer.TimeoutError:
-                pass
+        if client is None:
+            return
+        await client.firstConnection()
+        why = client.unreachable()
+        if why is not None:
+            raise ConnectionLost(f"this relay's upstream {why}")
 
     def getManager(self, iface: Any) -> defer.Deferred:
         return defer.ensureDeferred(self._getManager(iface))
@@ -97,7 +97,8 @@ class CompositeRegistry:
 
     async def types(self) -> dict[str, Any]:
         """The types this relay passes on: learned from upstream once connected."""
-        await self._started()
+        if self._client is not None:
+            await self._client.firstConnection()
         return _types.advertised()
 
     def __repr__(self) -> str:

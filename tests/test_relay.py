@@ -280,3 +280,30 @@ async def test_slowObserverCoalescedThenDisconnected():
     finally:
         await client.stop()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayThatCannotReachItsUpstreamSaysSoAtOnce():
+    """
+    A relay whose upstream refuses: once an attempt has failed, its clients
+    get ConnectionLost naming the upstream and why, at once (their call
+    deadline is far off), not a timeout blaming the relay.
+    """
+    import socket as _socket
+
+    s = _socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = s.getsockname()[1]
+    s.close()  # nothing listens there: refused
+    relay = Relay(f"tcp:127.0.0.1:{closed}", clientOptions=dict(QUIET))
+    [port] = await relay.start("tcp:0:interface=127.0.0.1")
+    client = Client(f"tcp:127.0.0.1:{port.getHost().port}", callTimeout=600, **QUIET)
+    try:
+        registry = await client.getRegistry()
+        with pytest.raises(errors.ConnectionLost) as e:
+            await registry.getManager(IUserManager)
+        assert f"upstream tcp:127.0.0.1:{closed} is unreachable" in str(e.value)
+        assert "refused" in str(e.value).lower()
+    finally:
+        await client.stop()
+        await relay.stop()
