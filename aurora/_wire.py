@@ -489,8 +489,15 @@ class Broker(pb.Broker):
     def _gotExpression(self, sexp: Any) -> None:
         try:
             self.callExpressionReceived(sexp)
-        except Exception as e:
+        except _PEER_FAULTS as e:
             self._badInput(sexp, e)
+        except Exception:
+            # Not what the peer sent but what this side did with it: ours,
+            # logged with its traceback (rate-limited); the peer stays.
+            failure = Failure()
+            self.factory.errorLog.failure(
+                ("handling", failure.type), "handling a message from {peer} failed",
+                failure, peer=self.peer)
         if self.disconnected:
             self._decoder.stopped = True
 
@@ -860,6 +867,12 @@ class _Cork:
                 broker.factory.errorLog.failure(("write", id(broker)),
                                                 "cannot write to {peer}", peer=broker.peer)
 
+
+# What a malformed but well-framed message raises while PB dispatches it
+# (unknown or unhashable ids, wrong arity, bad text, refused types): the
+# peer's fault.  Anything else is a fault of this side's code.
+_PEER_FAULTS = (pb.ProtocolError, pb.Error, KeyError, IndexError, TypeError,
+                ValueError, UnicodeError, jelly.InsecureJelly)
 
 # What a peer may send, and the method that takes it.
 _COMMANDS = {name: "proto_" + name.decode() for name in (

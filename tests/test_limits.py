@@ -675,3 +675,33 @@ async def test_aFailedConnectionSaysWhy(tmp_path):
     finally:
         await http.stopListening()
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aFaultOfOursIsLoggedAsOursNotThePeers(monkeypatch):
+    """
+    An exception in this side's own handling of a well-formed message is
+    logged with its traceback as ours, and the peer is not dropped for it.
+    """
+    from aurora._wire import Broker
+
+    server, port, _ = await serve()
+    lines = LogLines()
+    raw = RawClient()
+    try:
+        await raw.connect(port)
+
+        def broken(self, objectID):
+            raise ZeroDivisionError("a bug of ours")
+
+        monkeypatch.setattr(Broker, "proto_decref", broken)
+        raw.broker.sendCall(b"decref", 1)
+        await stillServes(raw)
+        [ours] = [e for e in lines.events if e.get("log_failure") is not None]
+        assert "handling a message from" in formatEvent(ours)
+        assert ours["log_failure"].check(ZeroDivisionError)
+        assert not lines.matching("malformed")
+    finally:
+        lines.close()
+        await raw.close()
+        await server.stop()
