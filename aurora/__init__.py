@@ -10,7 +10,8 @@ from aurora import errors, signals
 from aurora._version import __version__
 from aurora.client import Client
 from aurora.registry import Registry
-from aurora.remote import registerMirror, registerWrapper
+from aurora.relay import Relay
+from aurora.remote import Wrapper, noReplay, referenceError, registerMirror, registerWrapper
 from aurora.remoteable import Copyable, Manager, Model
 from aurora.server import Server
 
@@ -20,8 +21,12 @@ __all__ = [
     "Manager",
     "Model",
     "Registry",
+    "Relay",
     "Server",
+    "Wrapper",
     "errors",
+    "noReplay",
+    "referenceError",
     "registerMirror",
     "registerWrapper",
     "signals",

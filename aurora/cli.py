@@ -254,6 +254,9 @@ async def run(reactor: Any, argv: list[str], out: TextIO = sys.stdout) -> int:
         if args.password_file:
             with open(args.password_file, "rb") as f:
                 password = f.read().strip()
+        elif not sys.stdin.isatty():
+            # Piped in: read it (getpass would warn that it cannot hide it).
+            password = sys.stdin.readline().rstrip("\n").encode("utf-8")
         else:
             import getpass
 

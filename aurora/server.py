@@ -429,7 +429,8 @@ class Server:
                 raise LoginFailed(
                     "password login needs an encrypted connection and this one is "
                     "plain TCP: serve on ssl: or mtls: and connect with tls:, or "
-                    "pass Server(allowInsecureLogin=True) for local development")
+                    "pass Server(allowInsecureLogin=True) (twistd --insecure-login) "
+                    "for local development")
             if isinstance(username, str):
                 username = username.encode("utf-8")
             if isinstance(password, str):

@@ -87,3 +87,14 @@ async def test_sameClientCodeLocalAndRemote(served):
     assert local == remote
     alice = remote[0]
     assert type(alice) is User and alice.email == "alice@example.org"
+
+
+def test_publicNamesAreImportableFromAurora():
+    import aurora
+    from aurora import relay, remote
+
+    assert aurora.Relay is relay.Relay and aurora.Wrapper is remote.Wrapper
+    assert aurora.noReplay is remote.noReplay
+    assert aurora.referenceError is remote.referenceError
+    assert set(aurora.__all__) >= {"Relay", "Wrapper", "noReplay", "referenceError",
+                                   "registerWrapper", "registerMirror"}

@@ -241,12 +241,12 @@ async def test_sigtermStopsCleanly(registryProcess):
     try:
         await client.getRegistry()
         down = lost.next()
-        started = reactor.seconds()
         registryProcess.transport.signalProcess("TERM")
         await down
-        assert reactor.seconds() - started < 2.0
         ended = await registryProcess.ended
         assert ended.signal == 15  # twistd re-raises SIGTERM when done
+        # The server closed the connection itself, as it stopped (its log
+        # says so before its managers stop), not the exit of its process.
         formats = registryProcess.formats()
         closed = next(i for i, f in enumerate(formats) if "disconnected" in f)
         assert closed < formats.index("stopping manager {manager!r}")
