@@ -11,6 +11,7 @@ process, it is served like the original (that is what makes relays work).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import weakref
 from typing import Any
@@ -165,11 +166,14 @@ class Wrapper(Manager):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        if name not in _schema.exposedMethods(self):
+        exposed = _schema.exposedMethods(self)
+        if name not in exposed:
             # Also what keeps hasattr() probes (jelly asks for "postUnjelly")
             # from turning into remote calls.
+            near = difflib.get_close_matches(name, list(exposed), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
             raise NoSuchMethod(
-                f"{', '.join(self._names)} has no method {safeRepr(name)}",
+                f"{', '.join(self._names)} has no method {safeRepr(name)}{hint}",
                 interface=", ".join(self._names),
                 method=name,
             )

@@ -11,6 +11,7 @@ class.
 from __future__ import annotations
 
 import secrets
+import difflib
 import weakref
 from types import CoroutineType
 from typing import Any
@@ -155,6 +156,17 @@ def _toRemoteError(failure: Failure, where: str, broker: Any) -> Failure:
                                remoteType=remoteType, errorId=errorId))
 
 
+def _noSuchMethod(name: str, exposed: dict[str, Any], mayUse: Any) -> NoSuchMethod:
+    usable = {m: i.__identifier__ for m, (i, _) in exposed.items()
+              if mayUse is None or mayUse(i.__identifier__)}
+    offered = sorted(set(usable.values()))
+    near = difflib.get_close_matches(name, list(usable), n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return NoSuchMethod(
+        f"{', '.join(offered) or 'this manager'} has no method {safeRepr(name)}{hint}",
+        interface=", ".join(offered), method=name)
+
+
 class _Hidden(UnknownInterface):
     """A manager with no interface the peer may use was about to be sent."""
 
@@ -183,22 +195,14 @@ class Manager(pb.Referenceable):
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
                               kw: Any) -> Any:
         name = _text(message)
-        entry = _schema.exposedMethods(self).get(name)
-        if entry is None:
-            offered = sorted(i.__identifier__ for i in _schema.offeredInterfaces(self))
-            raise NoSuchMethod(
-                f"{qual(type(self))} has no remote method {safeRepr(name)}: only "
-                f"methods of {', '.join(offered) or 'no interface'} are callable",
-                interface=", ".join(offered),
-                method=name,
-            )
-        iface, method = entry
+        exposed = _schema.exposedMethods(self)
+        entry = exposed.get(name)
         mayUse = getattr(broker, "mayUse", None)
-        if mayUse is not None and not mayUse(iface.__identifier__):
-            # What this peer may not use does not exist for it.
-            raise NoSuchMethod(
-                f"{qual(type(self))} has no remote method {safeRepr(name)}",
-                interface="", method=name)
+        if entry is None or (mayUse is not None and not mayUse(entry[0].__identifier__)):
+            # What this peer may not use does not exist for it: the message
+            # names only what it may use, never the class behind it.
+            raise _noSuchMethod(name, exposed, mayUse)
+        iface, method = entry
         args, kw = _unserializeCall(broker, args, kw)
         _schema.checkArguments(iface, method, args, kw)
         try:

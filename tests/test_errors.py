@@ -462,3 +462,24 @@ def test_equalErrorsHashAlike():
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert errors.LimitExceeded("too much", limit=4) != a
     assert errors.Timeout("too much") != a and len({a, errors.Timeout("too much")}) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_noSuchMethodNamesTheInterfaceAndTheNearestMethod(served):
+    """
+    On both sides a misspelt method names the interface (not an internal
+    class such as the server's facet) and suggests the nearest method.
+    """
+    from tests.app import IUserManager
+
+    users = await served.remote.getManager(IUserManager)
+    with pytest.raises(errors.NoSuchMethod) as local:
+        users.getUsr
+    assert str(local.value) == ("tests.app.IUserManager has no method 'getUsr'; "
+                                "did you mean 'getUser'?")
+    # Past the wrapper's own check, as a peer without it would send it.
+    with pytest.raises(errors.NoSuchMethod) as remote:
+        await users._ref.callRemote("getUsr", "alice")
+    assert str(remote.value) == ("tests.app.IUserManager has no method 'getUsr'; "
+                                 "did you mean 'getUser'?")
+    assert "Facet" not in str(remote.value)
