@@ -190,8 +190,10 @@ class Client:
     def registry(self) -> Registry:
         """
         The remote registry, the same object for the client's life; usable
-        before the first connection (its calls then fail with
-        L{ConnectionLost}).
+        before the first connection: its C{getManager} and C{interfaces} wait
+        while the very first attempt to connect is in progress (within
+        C{callTimeout}), and fail with L{ConnectionLost} naming why once an
+        attempt has failed.
         """
         return self._registry
 

@@ -443,10 +443,30 @@ class Registry:
             known._rebind(manager)
             return known
 
-        return self._root.callRemote("getManager", name).addCallback(got)
+        return self._whenReachable(
+            lambda: self._root.callRemote("getManager", name).addCallback(got))
 
     def interfaces(self) -> defer.Deferred:
-        return self._root.callRemote("interfaces")
+        return self._whenReachable(lambda: self._root.callRemote("interfaces"))
+
+    def _whenReachable(self, call: Any) -> defer.Deferred:
+        """
+        C{call()}, after the source's very first connection attempt if it is
+        still in progress (a relay just started); at once with
+        L{ConnectionLost} naming why if the server is known unreachable.
+        """
+        source = self._source
+        if source is None or source.connected:
+            return call()
+
+        async def first() -> Any:
+            await source.firstConnection()
+            why = source.unreachable()
+            if why is not None:
+                raise ConnectionLost(why)
+            return await call()
+
+        return defer.ensureDeferred(first())
 
     def __repr__(self) -> str:
         return f"<aurora.remote.Registry {sorted(self._wrappers)}>"
