@@ -220,10 +220,16 @@ async def _watch(client: Client, registry: Any, args: argparse.Namespace,
         raise _Failed(EXIT_OTHER, f"{args.interface}.{args.method} returned "
                                   f"{type(model).__name__}, not a model")
 
+    watching: defer.Deferred = defer.Deferred()  # until interrupted, or the reader goes
+
     def changed(name: str, value: Any, old: Any) -> None:
-        out.write(json.dumps({"name": name, "value": toJSON(value),
-                              "old": toJSON(old)}) + "\n")
-        out.flush()
+        try:
+            out.write(json.dumps({"name": name, "value": toJSON(value),
+                                  "old": toJSON(old)}) + "\n")
+            out.flush()
+        except BrokenPipeError as e:  # | head -1: the reader is gone
+            if not watching.called:
+                watching.errback(e)
 
     def down() -> None:
         sys.stderr.write("aurora: connection lost; reconnecting\n")
@@ -233,7 +239,7 @@ async def _watch(client: Client, registry: Any, args: argparse.Namespace,
     try:
         out.write(json.dumps(toJSON(model)) + "\n")
         out.flush()
-        await defer.Deferred()  # until interrupted; the client reconnects by itself
+        await watching  # the client reconnects by itself meanwhile
     finally:
         # Stopping the client sends `disconnected` too: not a lost connection.
         # (weak=False as connected: otherwise pydispatcher removes nothing.)

@@ -289,9 +289,10 @@ class Client:
                 f"connected, but the aurora handshake failed: "
                 f"{'no answer' if isinstance(e, defer.TimeoutError) else e}")
             if not broker.disconnected:
-                if isinstance(e, Error):  # the server's own refusal: its words
-                    self.log.warn("{endpoint} refused the connection ({why}); "
-                                  "reconnecting", endpoint=self._description, why=e)
+                if isinstance(e, (Error, defer.TimeoutError)):  # its words suffice
+                    self.log.warn("the aurora handshake with {endpoint} failed ({why}); "
+                                  "reconnecting", endpoint=self._description,
+                                  why=str(e) or type(e).__name__)
                 else:
                     self.log.failure("resync with {endpoint} failed; reconnecting",
                                      endpoint=self._description)

@@ -357,3 +357,27 @@ async def test_cliWatchInterruptedIsNotSuccess(registryProcess, signal_, status)
         if not watcher.ended.called:
             watcher.transport.signalProcess("KILL")
             await watcher.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_cliWatchIntoAClosedPipeEnds(registryProcess):
+    """`aurora watch ... | head -1` ends at the next change, quietly."""
+    watcher = LineReader()
+    first = watcher.next()
+    reactor.spawnProcess(watcher, "/bin/sh", [
+        "sh", "-c", f"{os.path.join(BIN, 'aurora')} watch "
+        f"tcp:127.0.0.1:{registryProcess.port} tests.app.IUserManager getModel "
+        "'\"alice\"' | head -1"], env=os.environ.copy())
+    client = Client(f"tcp:127.0.0.1:{registryProcess.port}", heartbeat=None)
+    try:
+        assert await first == {"name": "alice", "online": False}
+        users = await (await client.getRegistry()).getManager(IUserManager)
+        await users.setOnline("alice", True)  # written into the closed pipe
+        await watcher.ended  # (it would wait here forever: the test's timeout)
+        assert b"Traceback" not in watcher.errors
+        assert b"BrokenPipe" not in watcher.errors
+    finally:
+        await client.stop()
+        if not watcher.ended.called:
+            watcher.transport.signalProcess("KILL")
+            await watcher.ended
