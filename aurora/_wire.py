@@ -1048,8 +1048,6 @@ class Flow:
     client).
     """
 
-    log = Logger()
-
     def __init__(self, broker: Broker, clock: Any, maxPending: int = 10_000,
                  maxLag: float = 30.0) -> None:
         self.broker = broker

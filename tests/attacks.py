@@ -37,7 +37,6 @@ from typing import Any, Awaitable, Callable
 from twisted.internet import defer, error as netError, protocol, reactor, task
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
     clientFromString,
 )
 
@@ -1532,7 +1531,6 @@ async def attack10_bogusMessages(options: dict | None = None, strict: bool = Tru
         except Exception:
             stop = len(server.lines)
         window = server.lines[start:stop + 1]
-        byst = s.bystander
         d["lines"] = [l for l in window if not _aboutOtherPeer(l, peer.port)]
         d["tracebacks"] = sum(isTraceback(l) for l in d["lines"])
         d["logBytes"] = server.logBytes - logBefore[1]

@@ -9,14 +9,11 @@ same attacks against a server process.)
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.spread import pb
 
 from aurora import Client, Model, Registry, Server, errors
 from aurora._banana import listHeader

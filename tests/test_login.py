@@ -18,7 +18,7 @@ import threading
 import pytest
 import pytest_twisted
 from twisted.cred.credentials import Anonymous, UsernamePassword
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.logger import Logger, formatEvent
 
