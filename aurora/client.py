@@ -43,7 +43,8 @@ class _RecordingEndpoint:
     def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
         self._endpoint = endpoint
         self.description = description
-        self.lastProblem: str | None = None
+        self.lastProblem: str | None = None  # why the last attempt failed
+        self.inProgress: str | None = None  # where the attempt under way stands
         self.failures = 0  # attempts that failed since the last connection
         self._failureWaiters: list[defer.Deferred] = []
 
@@ -228,7 +229,8 @@ class Client:
         return d
 
     def _noConnection(self, result: Any, seconds: float) -> Failure:
-        why = self._endpoint.lastProblem
+        # A failed attempt's cause says more than where a new one stands.
+        why = self._endpoint.lastProblem or self._endpoint.inProgress
         reason = f": {why}" if why is not None else ""
         return Failure(ConnectionFailed(
             f"no connection to {self._description} within {seconds} s{reason}",
@@ -250,13 +252,13 @@ class Client:
             broker.watch(self._timeout, self._heartbeat, self._ping)
         # What to say if the deadline passes while the server stays silent:
         # a PB server speaks first, a TLS server waits for its client to.
-        self._endpoint.lastProblem = (
+        self._endpoint.inProgress = (
             "connected, but the server has not begun PB's handshake (a TLS port "
             "reached with plain TCP? connect with tls:)")
         try:
             rootRef = await broker.whenReady().addTimeout(
                 self._timeoutFor() or 30.0, self._clock)
-            self._endpoint.lastProblem = "connected, but the aurora handshake did not finish"
+            self._endpoint.inProgress = "connected, but the aurora handshake did not finish"
             self._root._rebind(Wrapper(rootRef, (), self.factory))
             peer = dict(_wire.versionInfo(), timeout=self._timeout,
                         referenceLimit=self._referenceLimit)
@@ -300,7 +302,7 @@ class Client:
             return
         if broker.disconnected:
             return
-        self._endpoint.lastProblem = None
+        self._endpoint.lastProblem = self._endpoint.inProgress = None
         self._up = True
         self.everConnected = True
         self.log.info("connected to {endpoint}", endpoint=self._description)
