@@ -213,12 +213,18 @@ async def test_tooLargeMessageClosesOnlyThatConnection(target):
 
 
 class Spray(protocol.Protocol):
+    """
+    Writes its payload and half-closes, so that it ends only when the server
+    has read everything and closed its side: a spray cannot run ahead of the
+    server, and no connection outlives its case.
+    """
+
     def __init__(self, payload: bytes, done: defer.Deferred) -> None:
         self.payload, self.done = payload, done
 
     def connectionMade(self) -> None:
         self.transport.write(self.payload)
-        self.transport.loseConnection()
+        self.transport.loseWriteConnection()
 
     def connectionLost(self, reason) -> None:
         self.done.callback(None)
