@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.spread import pb
 from zope.interface import Interface, implementedBy, providedBy
+from zope.interface.declarations import ProvidesClass
 from zope.interface.interface import InterfaceClass, Method
 from zope.interface.interfaces import IInterface, IMethod
 
@@ -34,18 +35,55 @@ def interfaceName(iface: Any) -> str:
     )
 
 
-@lru_cache(maxsize=None)
+class _ById:
+    """
+    A cache key for an interface by identity.  Interfaces compare and hash
+    by name, so a cache keyed by the interface itself would answer for an
+    interface learned again from an upgraded server with the methods of the
+    one it replaced.
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ById) and other.obj is self.obj
+
+
 def methodsOf(iface: InterfaceClass) -> dict[str, Method]:
     """The public methods of C{iface}, inherited ones included."""
+    return _methodsOf(_ById(iface))
+
+
+# The caches hold their keys, so an id is never reused while cached.
+@lru_cache(maxsize=4096)
+def _methodsOf(key: _ById) -> dict[str, Method]:
     return {
         name: desc
-        for name, desc in iface.namesAndDescriptions(all=True)
+        for name, desc in key.obj.namesAndDescriptions(all=True)
         if IMethod.providedBy(desc) and not name.startswith("_")
     }
 
 
 # PB's own interfaces (IJellyable's jellyFor, ...) are plumbing, never offered.
 _PLUMBING = frozenset(implementedBy(pb.Referenceable).flattened())
+
+
+def provide(obj: Any, *ifaces: InterfaceClass) -> None:
+    """
+    Declare that C{obj} directly provides exactly C{ifaces}.
+
+    Unlike C{directlyProvides}, the declaration is C{obj}'s own: zope.interface
+    shares declarations between objects whose interfaces compare equal, and
+    interfaces compare by name, so an interface learned again from an upgraded
+    server would otherwise go on being served with the one it replaced.
+    """
+    obj.__provides__ = ProvidesClass(type(obj), *ifaces)
 
 
 def offeredInterfaces(obj: Any) -> list[InterfaceClass]:
@@ -55,13 +93,13 @@ def offeredInterfaces(obj: Any) -> list[InterfaceClass]:
 
 def exposedMethods(obj: Any) -> dict[str, tuple[InterfaceClass, Method]]:
     """Every method of every interface C{obj} offers, with its interface."""
-    return _exposedForSpec(providedBy(obj))
+    return _exposedForSpec(_ById(providedBy(obj)))
 
 
 @lru_cache(maxsize=1024)
-def _exposedForSpec(spec: Any) -> dict[str, tuple[InterfaceClass, Method]]:
+def _exposedForSpec(key: _ById) -> dict[str, tuple[InterfaceClass, Method]]:
     exposed: dict[str, tuple[InterfaceClass, Method]] = {}
-    for iface in spec.flattened():
+    for iface in key.obj.flattened():
         if iface in _PLUMBING:
             continue
         for name, method in methodsOf(iface).items():
@@ -160,10 +198,20 @@ def synthesize(description: dict[str, Any]) -> InterfaceClass:
         if m.get("noReplay"):
             method.setTaggedValue("noReplay", True)
         attrs[name] = method
-    return InterfaceClass(
+    iface = InterfaceClass(
         short, (Interface,), attrs, __doc__=description.get("doc", ""),
         __module__=module,
     )
+    iface.setTaggedValue(_SYNTHESIZED, True)
+    return iface
+
+
+_SYNTHESIZED = "aurora.synthesized"
+
+
+def isSynthesized(iface: InterfaceClass) -> bool:
+    """Whether C{iface} was built by L{synthesize} (not imported)."""
+    return bool(iface.queryDirectTaggedValue(_SYNTHESIZED, False))
 
 
 def findInterface(obj: Any, name: str) -> InterfaceClass | None:

@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import pb
-from zope.interface import alsoProvides, implementer
+from zope.interface import directlyProvidedBy, implementer
 from zope.interface.interface import InterfaceClass
 from zope.interface.interfaces import IInterface
 
@@ -150,13 +150,24 @@ class Wrapper(Manager):
         self._ref = ref
         self._names = tuple(names)
         self._settings = settings
-        known = [i for n in names if (i := _resolve(n, settings)) is not None]
-        if known:
-            alsoProvides(self, *known)
+        self._setInterfaces(
+            [i for n in names if (i := _resolve(n, settings)) is not None])
+
+    def _setInterfaces(self, ifaces: list[InterfaceClass]) -> None:
+        # Interfaces the application declared on the instance are kept; ones
+        # learned from an earlier connection give way to these.
+        self._ifaces = ifaces
+        kept = [i for i in directlyProvidedBy(self)
+                if not _schema.isSynthesized(i) and not any(i is j for j in ifaces)]
+        _schema.provide(self, *ifaces, *kept)
+        self._methods = _schema.exposedMethods(self)
 
     def _provide(self, iface: InterfaceClass) -> None:
-        if not iface.providedBy(self):
-            alsoProvides(self, iface)
+        if not any(i is iface for i in self._ifaces):
+            self._setInterfaces([*self._ifaces, iface])
+
+    def _exposed(self) -> dict[str, tuple[InterfaceClass, Any]]:
+        return self._methods
 
     def _offered(self) -> list[Any]:
         # Every name the origin offered, even one this process only knows
@@ -166,7 +177,7 @@ class Wrapper(Manager):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        exposed = _schema.exposedMethods(self)
+        exposed = self._methods
         if name not in exposed:
             # Also what keeps hasattr() probes (jelly asks for "postUnjelly")
             # from turning into remote calls.
@@ -193,7 +204,7 @@ class Wrapper(Manager):
         where = f"{self._names[0] if self._names else 'manager'}.{name}"
         if self._error is not None:
             return defer.fail(self._error)
-        entry = _schema.exposedMethods(self).get(name)
+        entry = self._methods.get(name)
         ref = self._ref
         try:
             if entry is not None:
@@ -215,6 +226,10 @@ class Wrapper(Manager):
         """Take the reference of C{other}, a fresh wrapper for the same manager."""
         self._ref = other._ref
         self.__dict__.pop("_error", None)
+        # What the server offers now, described afresh (it may have been
+        # upgraded); interfaces the application gave are kept.
+        self._names = other._names
+        self._setInterfaces(list(other._ifaces))
 
     def jellyFor(self, jellier: Any) -> Any:
         if self._error is not None:
@@ -373,7 +388,7 @@ class Tracker:
 
 
 def _replayable(parent: Wrapper, method: str) -> bool:
-    entry = _schema.exposedMethods(parent).get(method)
+    entry = parent._exposed().get(method)
     return entry is None or not entry[1].queryTaggedValue("noReplay", False)
 
 

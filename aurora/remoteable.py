@@ -195,7 +195,7 @@ class Manager(pb.Referenceable):
     def remoteMessageReceived(self, broker: Any, message: Any, args: Any,
                               kw: Any) -> Any:
         name = _text(message)
-        exposed = _schema.exposedMethods(self)
+        exposed = self._exposed()
         entry = exposed.get(name)
         mayUse = getattr(broker, "mayUse", None)
         if entry is None or (mayUse is not None and not mayUse(entry[0].__identifier__)):
@@ -268,6 +268,10 @@ class Manager(pb.Referenceable):
 
     def _offered(self) -> list[Any]:
         return _schema.offeredInterfaces(self)
+
+    def _exposed(self) -> dict[str, tuple[Any, Any]]:
+        """The methods a peer may call, by name, with their interfaces."""
+        return _schema.exposedMethods(self)
 
     def __repr__(self) -> str:
         # Without the default repr's address: managers are named in messages

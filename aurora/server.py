@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from twisted.cred import credentials
 from twisted.internet.interfaces import ISSLTransport
-from zope.interface import directlyProvides, implementer
+from zope.interface import implementer
 
 from typing import Mapping
 
@@ -106,7 +106,7 @@ class RegistryView(Manager):
             return manager
         key = (id(manager), name)
         facet = self._facets.get(key)
-        if facet is None or facet._manager is not manager:
+        if facet is None or facet._manager is not manager or facet._offered()[0] is not iface:
             facet = self._facets[key] = Facet(manager, iface)
         return facet
 
@@ -122,7 +122,7 @@ class Facet(Manager):
 
     def __init__(self, manager: Any, iface: Any) -> None:
         self._manager = manager
-        directlyProvides(self, iface)
+        _schema.provide(self, iface)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
