@@ -96,11 +96,16 @@ class RegistryView(Manager):
 
     async def getManager(self, name: Any) -> Manager:
         name = _schema.interfaceName(name)
-        if not self._allowed(name):
-            # Exactly what an interface that does not exist gets.
-            raise UnknownInterface(f"no manager is registered under {name}",
-                                   interface=name)
-        manager = await self._registry.getManager(name)
+        try:
+            if not self._allowed(name):
+                raise UnknownInterface(name)
+            manager = await self._registry.getManager(name)
+        except UnknownInterface:
+            # Exactly what an interface that does not exist gets; what this
+            # identity may use is no secret to it.
+            raise UnknownInterface(
+                f"no manager is registered under {name}; "
+                f"{_offering(await self.interfaces())}", interface=name) from None
         iface = _schema.findInterface(manager, name)
         if iface is None:
             return manager
@@ -112,6 +117,17 @@ class RegistryView(Manager):
 
     async def interfaces(self) -> list[str]:
         return [n for n in await self._registry.interfaces() if self._allowed(n)]
+
+
+_MAX_NAMED = 20  # interfaces an UnknownInterface lists, at most
+
+
+def _offering(names: list[str]) -> str:
+    if not names:
+        return "none is offered to you"
+    shown = ", ".join(names[:_MAX_NAMED])
+    more = f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else ""
+    return f"offered: {shown}{more}"
 
 
 class Facet(Manager):

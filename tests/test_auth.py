@@ -151,6 +151,9 @@ async def test_perInterfaceViewWithoutExistenceLeak(secured):
         await registry.getManager("tests.app.INothing")
     assert str(forbidden.value).replace("IAdmin", "X") == \
         str(missing.value).replace("INothing", "X")
+    # What bob may use is listed, and only that.
+    assert str(missing.value) == ("no manager is registered under tests.app.INothing; "
+                                  "offered: tests.app.IUserManager")
     users = await registry.getManager(IUserManager)
     # A manager returned by a method passes the same check: Admin is IAdmin,
     # which bob may not use, so it does not cross (and is not named).
@@ -158,6 +161,26 @@ async def test_perInterfaceViewWithoutExistenceLeak(secured):
         await users.getAdmin()
     assert "IUserManager.getAdmin returned a manager" in str(hidden.value)
     assert "IAdmin" not in str(hidden.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_portalAccessOverridesThePasswordFilesInterfaces(tmp_path):
+    """
+    C{portal(access=...)} maps a user to the interfaces it may use (None:
+    all), over what the password file says.
+    """
+    s = Secured(tmp_path)
+    await s.start(access={"alice": ["tests.app.IAdmin"], "bob": None})
+    try:
+        alice = await s.client(UsernamePassword(b"alice", b"secret")).getRegistry()
+        assert await alice.interfaces() == ["tests.app.IAdmin"]
+        with pytest.raises(errors.UnknownInterface, match="offered: tests.app.IAdmin$"):
+            await alice.getManager(IUserManager)
+        bob = await s.client(UsernamePassword(b"bob", b"hunter2")).getRegistry()
+        assert await bob.interfaces() == ["tests.app.IAdmin", "tests.app.IUserManager"]
+        assert await (await bob.getManager(IAdmin)).ping() == "pong"
+    finally:
+        await s.stop()
 
 
 @pytest_twisted.ensureDeferred
