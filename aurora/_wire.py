@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer, tcp
 from twisted.logger import Logger
+from twisted.persisted.crefutil import NotKnown
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
@@ -29,7 +30,7 @@ from aurora import _banana, _plain, _types
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora._quiet import LogLimiter
 from aurora._version import __version__
-from aurora.errors import IncompatibleVersion, LimitExceeded, SerializationError, safeText
+from aurora.errors import Error, IncompatibleVersion, LimitExceeded, SerializationError, safeText
 
 PROTOCOL_VERSION = 2
 """aurora's wire protocol version, exchanged by C{hello} at connect.  2: a
@@ -927,6 +928,12 @@ def _expandedSize(value: Any, limit: int) -> int:
             seen.add(id(item))
             state = item.__dict__
             stack.extend(state.get(name) for name in item._fields)
+        elif isinstance(item, NotKnown):
+            # What jelly leaves for a reference to nothing it was sent: no
+            # caller could make sense of it.
+            raise SerializationError(
+                "the peer sent a reference to a value it never sent (a dangling "
+                "jelly reference)")
     return size
 
 
@@ -1157,7 +1164,9 @@ def _unencodable(e: Exception) -> Exception:
     )
 
 
-def _unreadable(e: Exception) -> SerializationError:
+def _unreadable(e: Exception) -> Error:
+    if isinstance(e, Error):
+        return e  # already says what is wrong
     if isinstance(e, KeyError):
         what = f"a reference to an object this side does not know (id {safeText(e, 40)})"
     elif isinstance(e, jelly.InsecureJelly):
@@ -1180,7 +1189,7 @@ def _receiveLocal(unjellier: Any, sexp: list) -> Any:
     return obj
 
 
-jelly.unjellyableRegistry[b"local"] = _receiveLocal
+_types.unjellyableRegistry[b"local"] = _receiveLocal
 
 
 def _receiveRef(unjellier: Any, sexp: list) -> Any:
@@ -1190,7 +1199,7 @@ def _receiveRef(unjellier: Any, sexp: list) -> Any:
         sexp[1], sexp[2], unjellier.unjelly(sexp[3]))
 
 
-jelly.unjellyableRegistry[REF_ATOM] = _receiveRef
+_types.unjellyableRegistry[REF_ATOM] = _receiveRef
 
 
 def versionInfo() -> dict[str, Any]:

@@ -7,14 +7,18 @@ lookups.
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import reactor
+from twisted.spread import pb
 from zope.interface import Interface, implementer
 from zope.interface.interface import InterfaceClass, Method
 
-from aurora import Client, Manager, Registry, Server, errors, signals
-from tests.helpers import SignalLog
+from aurora import Client, Manager, Registry, Server, errors, referenceError, signals
+from tests.app import IUserManager, User, UserManager
+from tests.helpers import SignalLog, fillUntilPaused
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
 
@@ -76,3 +80,142 @@ async def test_anUpgradedUpstreamsNewMethodsAreSeenAfterReconnect():
         log.close()
         await client.stop()
         await server.stop()
+
+
+class Junk(pb.Jellyable):
+    """Serializes as whatever s-expression it is given: a broken server."""
+
+    def __init__(self, sexp) -> None:
+        self.sexp = sexp
+
+    def jellyFor(self, jellier):
+        return self.sexp
+
+
+_UNREADABLE = [
+    ([b"tests.nothing.Unknown", b"x"], "not declared here"),
+    ([b"dereference", 42], "dangling jelly reference"),
+    ([b"local", 77], "never handed out"),
+    ([b"aurora.ref", 1], "malformed"),
+]
+
+
+@pytest.mark.parametrize("sexp, why", _UNREADABLE)
+@pytest_twisted.ensureDeferred
+async def test_anAnswerTheClientCannotReadIsAnErrorNotAHang(served, sexp, why):
+    users = await served.remote.getManager(IUserManager)
+    served.manager.users["junk"] = Junk(sexp)
+    with pytest.raises(errors.SerializationError, match=why):
+        await users.getUser("junk").addTimeout(30, reactor)
+    assert await users.echo("still here") == "still here"
+
+
+class Unreadable(errors.Error):
+    fields = ("detail",)
+
+
+@pytest.mark.parametrize("sexp, why", _UNREADABLE)
+@pytest_twisted.ensureDeferred
+async def test_anErrorTheClientCannotReadIsAnErrorNotAHang(served, sexp, why, monkeypatch):
+    users = await served.remote.getManager(IUserManager)
+
+    def fail(kind):
+        raise Unreadable("broken", detail=Junk(sexp))
+
+    monkeypatch.setattr(served.manager, "fail", fail)
+    with pytest.raises(errors.SerializationError, match=why):
+        await users.fail("x").addTimeout(30, reactor)
+    assert await users.echo("still here") == "still here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_heldModelUpdatesArriveWhenTheSlowPeerResumes():
+    """
+    Updates held for a client that stopped reading are coalesced and, when it
+    reads again, delivered: its mirror ends at the model's final state.
+    """
+    manager = UserManager()
+    registry = Registry()
+    registry.register(IUserManager, manager)
+    server = Server(registry)
+    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    client = Client(f"tcp:127.0.0.1:{port}", **QUIET)
+    try:
+        users = await (await client.getRegistry()).getManager(IUserManager)
+        mirror = await users.getModel("alice")
+        model = manager.models["alice"]
+        [serverBroker] = list(model._observers)
+        flow = serverBroker.flow
+        await fillUntilPaused(client, model, flow)
+        model.online = True
+        model.name = "final"
+        assert flow.pending  # held, not written
+        log = SignalLog(signals.changed, mirror)
+        try:
+            client._root._ref.broker.transport.resumeProducing()
+            for _ in range(1000):  # bounded: one event per update written
+                if mirror.name == "final" and mirror.online is True:
+                    break
+                await log.next()
+        finally:
+            log.close()
+        assert (mirror.name, mirror.online) == ("final", True)
+        assert flow.pending == {}
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_modelUpdatesCarryValuesThatAreNotPlain(served):
+    """A model field set to copies, bytes, nested containers: the mirror gets them."""
+    users = await served.remote.getManager(IUserManager)
+    mirror = await users.getModel("alice")
+    model = served.manager.models["alice"]
+    log = SignalLog(signals.changed, mirror)
+    try:
+        values = [
+            User(name="carol", email="c@example.org"),
+            {"raw": b"\x00\xff", "when": datetime.date(2026, 12, 2), "n": [1, (2, 3)]},
+            [User(name="d", email="d@example.org"), None, 2**70],
+        ]
+        for value in values:
+            arrived = log.next()
+            model.online = value
+            event = await arrived
+            assert mirror.online == value and event["value"] == value
+            assert type(mirror.online) is type(value)
+        assert isinstance(mirror.online[0], User)
+    finally:
+        log.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aReplayThatNoLongerFindsAMirrorMakesItStale(served):
+    """
+    After a reconnect the client fetches the list again; a model that is no
+    longer in it cannot follow anything: its mirror becomes StaleReference,
+    the others are rebound.
+    """
+    users = await served.remote.getManager(IUserManager)
+    alice, bob = await users.listModels()
+    assert (alice.name, bob.name) == ("alice", "bob")
+    del served.manager.models["bob"]
+    back = SignalLog(signals.connected, served.client)
+    try:
+        reconnected = back.next()
+        served.client._root._ref.broker.transport.loseConnection()
+        await reconnected
+    finally:
+        back.close()
+    assert isinstance(referenceError(bob), errors.StaleReference)
+    assert "no longer returns a match" in str(referenceError(bob))
+    assert referenceError(alice) is None
+    log = SignalLog(signals.changed, alice)
+    try:
+        arrived = log.next()
+        served.manager.models["alice"].online = True
+        await arrived
+    finally:
+        log.close()
+    assert alice.online is True
