@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer, tcp
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.persisted.crefutil import NotKnown
 from twisted.python.failure import Failure
@@ -144,6 +145,15 @@ class Broker(pb.Broker):
     application sees.
     """
 
+    # Twisted types these as Optional[Factory] and Optional[ITransport]; a
+    # connected Broker's are one of the factories below and a TCP or TLS
+    # transport, whose attributes (clock, limits, dataBuffer, ...) it uses.
+    factory: Any
+    transport: Any
+    # Request id to Deferred (Twisted's class attribute is None, as it is
+    # again once the connection is lost).
+    waitingForAnswers: Any
+
     lastReceived = 0.0
     _watch: Any = None
     _isReady = False
@@ -236,13 +246,29 @@ class Broker(pb.Broker):
 
     _direct = False  # whether the transport is a plain socket we may send on
 
+    _held: list[Any] | None = None
+
+    def holdUntilSent(self, obj: Any) -> None:
+        """
+        Keep C{obj} alive until the next message is written.  A mirror sent
+        back to its origin is named by the origin's id; dropped before the
+        answer naming it leaves, its decache would overtake the answer and
+        the origin would no longer know that id.
+        """
+        if self._held is None:
+            self._held = []
+        self._held.append(obj)
+
     def sendEncoded(self, obj: Any) -> None:
         # What this side would refuse to receive, it does not build to send.
         limit = self.limits.maxMessageBytes
-        if self.currentDialect == b"pb":
-            self._write(_banana.encode(obj, limit=limit))
-        else:  # the handshake, or a peer that chose the "none" dialect
-            self._write(_banana.encode(obj, vocabulary=None, limit=limit))
+        try:
+            if self.currentDialect == b"pb":
+                self._write(_banana.encode(obj, limit=limit))
+            else:  # the handshake, or a peer that chose the "none" dialect
+                self._write(_banana.encode(obj, vocabulary=None, limit=limit))
+        finally:
+            self._held = None
 
     def _write(self, data: bytes) -> None:
         corked = _Cork.pending
@@ -561,7 +587,7 @@ class Broker(pb.Broker):
                 failure, peer=self.peer)
             if answerRequired:
                 self._sendError(pb.CopyableFailure(pb.Error(
-                    f"the call failed on the far side ({qual(failure.type)})")),
+                    f"the call failed on the far side ({qual(type(failure.value))})")),
                     requestID)
             return
         if not answerRequired:
@@ -666,7 +692,7 @@ class Broker(pb.Broker):
         self._readyWaiters.append(d)
         return d
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._watch is not None:
             self._watch.stop()
         if self._pool is not None:
@@ -709,7 +735,8 @@ class Broker(pb.Broker):
         else:
             self._lastTxn = []  # nothing registered, nothing to undo
             return result
-        outer, txn = self._txn, []
+        outer = self._txn
+        txn: list[tuple[str, Any, Any, bool]] = []
         self._txn = txn
         try:
             result = super().serialize(object, perspective, method, args, kw)
@@ -861,6 +888,8 @@ class _Cork:
     def flush(cls) -> None:
         pending, cls.pending = cls.pending, None
         cls.sizes = {}
+        if pending is None:
+            return
         for broker, parts in pending.items():
             try:
                 broker._send(parts[0] if len(parts) == 1 else b"".join(parts))

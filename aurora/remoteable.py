@@ -14,7 +14,7 @@ import secrets
 import difflib
 import weakref
 from types import CoroutineType
-from typing import Any
+from typing import Any, Callable, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -132,7 +132,7 @@ def _toRemoteError(failure: Failure, where: str, broker: Any) -> Failure:
     """
     if isinstance(failure.value, Error):
         return failure
-    remoteType = qual(failure.type)
+    remoteType = qual(type(failure.value))
     log = _errorLog(broker)
     key = ("aurora.remoteable", where, remoteType)
     errorId = secrets.token_hex(4)
@@ -226,8 +226,8 @@ class Manager(pb.Referenceable):
         except Exception:
             # Anything else PB would log with its traceback on every call
             # and send on with its message.
-            raise _toRemoteError(Failure(), f"{iface.__identifier__}.{name}",
-                                 broker).value from None
+            raise cast(Exception, _toRemoteError(
+                Failure(), f"{iface.__identifier__}.{name}", broker).value) from None
         where = f"{iface.__identifier__}.{name}"
         d.addErrback(_toRemoteError, where, broker)
         if not getattr(broker, "answering", True):
@@ -421,6 +421,9 @@ class Model(Declared, pb.Cacheable):
         link = self._link
         if link is not None and link.broker is jellier.invoker:
             # A mirror going back to its origin arrives as the original.
+            hold = getattr(link.broker, "holdUntilSent", None)
+            if hold is not None:
+                hold(self)
             return [b"lcache", link.luid]
         return super().jellyFor(jellier)
 
@@ -524,7 +527,8 @@ class Subscription:
         self.extra = {k: v for k, v in face.__dict__.items()
                       if k in ("typeName", "_fields", "keyField")}
         self.state: dict[str, Any] = {}
-        self.face = weakref.ref(face, self._faceGone)
+        # A weak reference to the face, or _nothing once detached.
+        self.face: Callable[[], Model | None] = weakref.ref(face, self._faceGone)
 
     def _borgify(self) -> Any:
         # PB's "cached" unjellier calls this when the origin sends a model

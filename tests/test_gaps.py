@@ -17,7 +17,7 @@ from zope.interface import Interface, implementer
 from zope.interface.interface import InterfaceClass, Method
 
 from aurora import Client, Manager, Registry, Server, errors, referenceError, signals
-from tests.app import IUserManager, User, UserManager
+from tests.app import IUserManager, User, UserManager, UserModel
 from tests.helpers import SignalLog, fillUntilPaused
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
@@ -219,3 +219,17 @@ async def test_aReplayThatNoLongerFindsAMirrorMakesItStale(served):
     finally:
         log.close()
     assert alice.online is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_aModelSentAndEchoedBackIsTheOriginal(served):
+    """
+    The server's mirror of a client's model, answered straight back, arrives
+    as the client's own object: the server keeps the mirror until the answer
+    naming it has left, so its decache cannot overtake it.
+    """
+    users = await served.remote.getManager(IUserManager)
+    mine = UserModel(name="x", online=False)
+    assert await users.echo(mine) is mine
+    assert await users.asyncEcho(mine) is mine
+    assert await users.echo([mine, {"again": mine}]) == [mine, {"again": mine}]
