@@ -11,8 +11,9 @@ import datetime
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.spread import pb
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.spread import jelly, pb
 from zope.interface import Interface, implementer
 from zope.interface.interface import InterfaceClass, Method
 
@@ -233,3 +234,59 @@ async def test_aModelSentAndEchoedBackIsTheOriginal(served):
     assert await users.echo(mine) is mine
     assert await users.asyncEcho(mine) is mine
     assert await users.echo([mine, {"again": mine}]) == [mine, {"again": mine}]
+
+
+class StockMirror(pb.RemoteCache):
+    """What a stock PB application writes to observe a Cacheable."""
+
+    updates: list = []
+
+    def setCopyableState(self, state):
+        self.__dict__.update(state)
+
+    def observe_update(self, name, value):
+        self.__dict__[name] = value
+        StockMirror.updates.append((name, value))
+        waiting, StockMirror.waiting = StockMirror.waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    waiting = None
+
+
+class _StockBroker(pb.Broker):
+    """Stock PB, taught only to take aurora's reference atom as a reference."""
+
+    def receiveReference(self, luid, names, descriptions):
+        return pb.RemoteReference(None, self, luid, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aStockPBPeerObservesAModel(served, monkeypatch):
+    """
+    A Model travels as a PB Cacheable that stock PB can mirror: its state
+    arrives, and each change is an C{observe_update(name, value)}.
+    """
+    monkeypatch.setitem(jelly.unjellyableRegistry, b"tests.app.UserModel", StockMirror)
+    monkeypatch.setattr(StockMirror, "updates", [])
+    factory = pb.PBClientFactory()
+    factory.protocol = _StockBroker
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", served.port).connect(factory)
+    try:
+        root = await factory.getRootObject()
+        view = await root.callRemote("login", None, None)
+        users = await view.callRemote("getManager", "tests.app.IUserManager")
+        mirror = await users.callRemote("getModel", "alice")
+        assert isinstance(mirror, StockMirror)
+        assert (mirror.name, mirror.online) == ("alice", False)
+        for value in (True, "away", None):
+            StockMirror.waiting = arrived = defer.Deferred()
+            served.manager.models["alice"].online = value
+            await arrived.addTimeout(30, reactor)
+            assert mirror.online == value
+        assert StockMirror.updates == [("online", True), ("online", "away"), ("online", None)]
+    finally:
+        lost = defer.Deferred()
+        root.broker.notifyOnDisconnect(lambda: lost.callback(None))
+        factory.disconnect()
+        await lost
