@@ -9,6 +9,7 @@ this module, so a User is a User on both sides.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from twisted.enterprise import adbapi
 from zope.interface import Interface, implementer
@@ -55,11 +56,18 @@ class UnknownUser(errors.Error, LookupError):
 
 @implementer(IUserManager)
 class UserManager(Manager):
-    """Users in SQLite, through Twisted's adbapi (a file or ``:memory:``)."""
+    """
+    Users in SQLite, through Twisted's adbapi (a file or ``:memory:``).
 
-    def __init__(self, database: str = ":memory:") -> None:
+    ``pool`` replaces the adbapi pool: anything with its ``runQuery``,
+    ``runOperation`` and ``close``.  The tests (test_users.py) run the same
+    SQL without adbapi's threads, which an in-memory aurora network does
+    not run.
+    """
+
+    def __init__(self, database: str = ":memory:", *, pool: Any = None) -> None:
         # One connection: every ":memory:" connection is a database of its own.
-        self.pool = adbapi.ConnectionPool(
+        self.pool = pool if pool is not None else adbapi.ConnectionPool(
             "sqlite3", database, check_same_thread=False, cp_min=1, cp_max=1
         )
         self.models: dict[str, UserModel] = {}
