@@ -2,7 +2,7 @@
 A faster banana codec, byte-for-byte compatible with Twisted's for the "pb"
 dialect.
 
-Stock L{twisted.spread.banana.Banana.dataReceived} walks the buffer byte by
+Stock C{twisted.spread.banana.Banana.dataReceived} walks the buffer byte by
 byte in Python and copies what is left of the buffer after every token, so a
 message of n tokens costs O(n^2); its encoder calls C{write} once per token.
 L{Decoder} reads tokens at an offset into one buffer and only joins chunks
@@ -172,7 +172,7 @@ class Decoder:
         # Unconsumed input is _buf[_pos:] followed by the chunks in _more.
         self._buf = b""
         self._pos = 0
-        self._more: list[bytes] = []
+        self._more: list[bytes | memoryview] = []
         self._moreLen = 0
         # How many unconsumed bytes the first incomplete token needs before
         # decoding can make progress: until then feed only collects chunks,
@@ -242,11 +242,11 @@ class Decoder:
         counts = [size - len(items) for items, size in stack]
         stack.clear()
         self._items = 0
-        skip = why.kind != "bytes" and self.onRefused is not None
-        if skip:
-            skip = self.onRefused(why, head)
-        elif self.onRefused is not None:
-            self.onRefused(why, head)
+        skip = False
+        if self.onRefused is not None:
+            # Over the byte budget the rest is never skipped, whatever the
+            # owner answers.
+            skip = self.onRefused(why, head) and why.kind != "bytes"
         if not skip or self.stopped:
             self.stopped = True
             return False
@@ -354,6 +354,7 @@ class Decoder:
         maxItems = self.maxItems
         maxDepth = self.maxDepth
         declared = self._items
+        item: Any  # a token's value: bytes, int, float or a finished list
 
         while pos < end:
             # Almost every prefix is 0 to 2 bytes: look for the type byte
@@ -419,7 +420,7 @@ class Decoder:
                     self._items = declared
                     self._consumed = pos - start
                     if self._refuse(why, num if num else None) and not num \
-                            and _passItem(self._skip):
+                            and self._skip is not None and _passItem(self._skip):
                         self._skipDone()
                     return pos
                 if num:
@@ -649,7 +650,7 @@ def encode(obj: Any, *, vocabulary: Mapping[bytes, int] | None = PB_OUTGOING,
     @raise BananaError: C{obj} holds something banana cannot send: a type
         other than list, tuple, int (bool included: it goes as 0 or 1),
         float and bytes; a list, tuple or bytes longer than
-        L{banana.SIZE_LIMIT}; an int of more than 448 bits; an encoding over
+        C{banana.SIZE_LIMIT}; an int of more than 448 bits; an encoding over
         C{limit} bytes (checked before the bytes are joined).
     """
     out: list[bytes] = []
@@ -740,7 +741,8 @@ def _benchmark() -> None:
     stock.connectionMade()
     stock._selectDialect(b"pb")
     sink = BytesIO()
-    stock.transport = sink  # sendEncoded only calls transport.write
+    # sendEncoded only calls transport.write.
+    stock.transport = sink  # type: ignore[assignment]
 
     def stockEncode(obj: Any) -> None:
         sink.seek(0)
@@ -756,7 +758,7 @@ def _benchmark() -> None:
         "1000 items": [b"list"] + [i if i % 2 else b"item%d" % i for i in range(999)],
     }
 
-    def timed(f: Callable[[], None]) -> float:
+    def timed(f: Callable[[], object]) -> float:
         runs, total = timeit.Timer(f).autorange()
         best = min(timeit.Timer(f).repeat(5, runs))
         return best / runs * 1e6

@@ -15,14 +15,21 @@ receive time, so registration order does not matter.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.python.reflect import qual
 from twisted.spread import jelly
 
-_declared: dict[bytes, type] = {}
-_mirrors: dict[bytes, type] = {}
-_opaque: dict[bytes, tuple[type, dict[str, Any]]] = {}
+_declared: dict[bytes, type[Declared]] = {}
+_mirrors: dict[bytes, type[Declared]] = {}
+_opaque: dict[bytes, tuple[type[Declared], dict[str, Any]]] = {}
+
+unjellyableRegistry = cast("dict[bytes, Any]", jelly.unjellyableRegistry)
+"""
+jelly's table of what to build for a type name.  Twisted annotates it
+C{dict[str, type]}; in fact its keys are bytes, and a value may be any
+callable, called as C{f(unjellier, sexp)}.
+"""
 
 
 def _receiver(name: bytes) -> Callable[[Any, list], Any]:
@@ -44,7 +51,7 @@ def _reserved(name: bytes) -> bool:
     return b"." not in name or name == b"aurora.ref"
 
 
-def declareClass(cls: type) -> None:
+def declareClass(cls: type[Declared]) -> None:
     """Record C{cls} under its type name so that peers may send it."""
     name = cls.typeName.encode("utf-8")
     if _reserved(name):
@@ -61,15 +68,15 @@ def declareClass(cls: type) -> None:
     # Written directly rather than through jelly.setUnjellyableForClass, which
     # would also widen twisted's globalSecurity for stock PB brokers in this
     # process.
-    jelly.unjellyableRegistry[name] = _receiver(name)
+    unjellyableRegistry[name] = _receiver(name)
 
 
-def _qualified(cls: type) -> str:
+def _qualified(cls: type[Any]) -> str:
     """C{module.Outer.Inner}: what tells apart two classes of one module."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def registerMirror(original: type, mirror: type) -> None:
+def registerMirror(original: type[Declared], mirror: type[Declared]) -> None:
     """
     Build C{mirror} instead of C{original} when a value of C{original}'s type
     arrives.  C{mirror} must subclass C{original}, so C{isinstance} holds for
@@ -82,13 +89,13 @@ def registerMirror(original: type, mirror: type) -> None:
     own = mirror.__dict__.get("typeName")
     if own is not None and own != original.typeName:
         _declared.pop(own.encode("utf-8"), None)
-        jelly.unjellyableRegistry.pop(own.encode("utf-8"), None)
+        unjellyableRegistry.pop(own.encode("utf-8"), None)
     # Sent onward, a mirror travels as the type it mirrors.
     mirror.typeName = original.typeName
     _mirrors[original.typeName.encode("utf-8")] = mirror
 
 
-def registerOpaque(name: str, opaque: type, fields: Any,
+def registerOpaque(name: str, opaque: type[Any], fields: Any,
                    keyField: Any = None) -> None:
     """
     Accept type C{name}, whose class this process has not imported, as an
@@ -98,7 +105,7 @@ def registerOpaque(name: str, opaque: type, fields: Any,
     """
     key = name.encode("utf-8")
     if key in _declared or _reserved(key) or (
-            key in jelly.unjellyableRegistry and key not in _opaque):
+            key in unjellyableRegistry and key not in _opaque):
         # An upstream may not redefine a declared type, an atom, or a type
         # Twisted registered (pb.CopyableFailure).
         return
@@ -109,7 +116,7 @@ def registerOpaque(name: str, opaque: type, fields: Any,
         keyField = None
     info = {"typeName": name, "_fields": tuple(fields), "keyField": keyField}
     _opaque[key] = (opaque, info)
-    jelly.unjellyableRegistry[key] = _receiver(key)
+    unjellyableRegistry[key] = _receiver(key)
 
 
 def advertised() -> dict[str, dict[str, Any]]:
@@ -130,7 +137,7 @@ def isDeclared(name: bytes) -> bool:
     return name in _declared or name in _opaque
 
 
-def allFields(cls: type) -> tuple[str, ...]:
+def allFields(cls: type[Any]) -> tuple[str, ...]:
     """The declared fields of C{cls} and its bases, base fields first."""
     seen: dict[str, None] = {}
     for klass in reversed(cls.__mro__):

@@ -31,7 +31,7 @@ from aurora import _banana, _plain, _types
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora._quiet import LogLimiter
 from aurora._version import __version__
-from aurora.errors import Error, IncompatibleVersion, LimitExceeded, SerializationError, safeText
+from aurora.errors import Error, IncompatibleVersion, LimitExceeded, SerializationError, _safeText
 
 PROTOCOL_VERSION = 2
 """aurora's wire protocol version, exchanged by C{hello} at connect.  2: a
@@ -86,7 +86,7 @@ class Security(jelly.SecurityOptions):
     """
     A jelly taster that allows only basic values and declared types.
 
-    Twisted's own L{jelly.SecurityOptions} allows any dotted type name and
+    Twisted's own C{jelly.SecurityOptions} allows any dotted type name and
     defers to a module and class check; this one never resolves a name to a
     module or class at all (Twisted #6355).
     """
@@ -130,7 +130,7 @@ def _describeUnsendable(e: Exception) -> str:
             "or an ISO 8601 string"
         )
     return (
-        f"cannot send this value ({safeText(e)}): only basic types (str, bytes, int, "
+        f"cannot send this value ({_safeText(e)}): only basic types (str, bytes, int, "
         "float, bool, None, list, tuple, dict, set, Decimal, naive datetimes) "
         "and declared Copyable, Model, Error and Manager classes can travel"
     )
@@ -435,7 +435,7 @@ class Broker(pb.Broker):
             # Malformed input (bad framing, an invalid type byte).  Stock
             # Twisted logs a traceback per occurrence and drops the
             # connection; a hostile peer should not fill the log.
-            self._refuse(f"a malformed message ({type(e).__name__}: {safeText(e, 200)})")
+            self._refuse(f"a malformed message ({type(e).__name__}: {_safeText(e, 200)})")
             return
         finally:
             if outermost:
@@ -506,12 +506,12 @@ class Broker(pb.Broker):
         # a peer's didNotUnderstand whole: both are the peer's to inflate.
         if type(sexp) is not list or not sexp or sexp[0] not in _COMMANDS:
             what = sexp[0] if type(sexp) is list and sexp else type(sexp).__name__
-            raise pb.ProtocolError(f"not a PB command: {safeText(repr(what), 40)}")
+            raise pb.ProtocolError(f"not a PB command: {_safeText(repr(what), 40)}")
         getattr(self, _COMMANDS[sexp[0]])(*sexp[1:])
 
     def proto_didNotUnderstand(self, command: Any) -> None:
         raise pb.ProtocolError(
-            f"the peer did not understand {safeText(repr(command), 40)}")
+            f"the peer did not understand {_safeText(repr(command), 40)}")
 
     def _gotExpression(self, sexp: Any) -> None:
         try:
@@ -534,7 +534,7 @@ class Broker(pb.Broker):
         wrong arity, a non-list): drop a peer not logged in; otherwise one
         log line per interval, no traceback, and the connection stays.
         """
-        what = f"{type(e).__name__}: {safeText(e, 200)}"
+        what = f"{type(e).__name__}: {_safeText(e, 200)}"
         if not self.loggedIn:
             self._refuse(f"a malformed message ({what})")
             return
@@ -915,7 +915,7 @@ def _whyNotReady(reason: Any, firstBytes: bytes) -> str:
     value = getattr(reason, "value", None)
     module = type(value).__module__ or ""
     if module.startswith("OpenSSL"):
-        text = safeText(value, 200)
+        text = _safeText(value, 200)
         if "certificate verify failed" in text:
             return ("TLS failed: the server's certificate is not trusted (certificate "
                     "verify failed); give the client its CA with trustRoots=DIR")
@@ -924,7 +924,7 @@ def _whyNotReady(reason: Any, firstBytes: bytes) -> str:
         return "the server speaks TLS and this connection does not: connect with tls:"
     if firstBytes:
         return (f"the peer is not an aurora server: it sent "
-                f"{safeText(repr(firstBytes[:16]), 60)}")
+                f"{_safeText(repr(firstBytes[:16]), 60)}")
     return ("the peer closed it before PB's handshake (not an aurora server, or a TLS "
             "port reached with plain TCP?)")
 
@@ -1184,9 +1184,9 @@ def _tooManyReferences(limit: int) -> LimitExceeded:
 
 def _unencodable(e: Exception) -> Exception:
     if "too long" not in str(e):
-        return SerializationError(f"cannot encode this message: {safeText(e)}")
+        return SerializationError(f"cannot encode this message: {_safeText(e)}")
     return LimitExceeded(
-        f"message too large: {safeText(e)}; PB refuses any single string or list over "
+        f"message too large: {_safeText(e)}; PB refuses any single string or list over "
         f"{banana.SIZE_LIMIT} bytes/items (twisted.spread.banana.SIZE_LIMIT): "
         "send it in pieces",
         limit=banana.SIZE_LIMIT,
@@ -1197,11 +1197,11 @@ def _unreadable(e: Exception) -> Error:
     if isinstance(e, Error):
         return e  # already says what is wrong
     if isinstance(e, KeyError):
-        what = f"a reference to an object this side does not know (id {safeText(e, 40)})"
+        what = f"a reference to an object this side does not know (id {_safeText(e, 40)})"
     elif isinstance(e, jelly.InsecureJelly):
-        what = f"a type that is not declared here ({safeText(e)})"
+        what = f"a type that is not declared here ({_safeText(e)})"
     else:
-        what = f"{type(e).__name__}: {safeText(e)}"
+        what = f"{type(e).__name__}: {_safeText(e)}"
     return SerializationError(
         f"the peer sent a value this process cannot accept: {what}; a type "
         "must be declared (imported) on both sides")

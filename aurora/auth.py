@@ -6,7 +6,7 @@ on the server (Twisted #4398); aurora does not use it.  A client sends its
 password once, over TLS (the server refuses it on a plain connection unless
 told otherwise, for development), and the server checks it against a salted
 scrypt hash.  Or the client certificate of a mutual-TLS connection is the
-identity.  Either way C{twisted.cred} decides: a L{Portal} whose realm hands
+identity.  Either way C{twisted.cred} decides: a C{Portal} whose realm hands
 out an L{Identity}, the interfaces it may use.
 
 The password file, one user a line (see L{hashPassword}, L{setPassword})::
@@ -142,7 +142,9 @@ def setPassword(path: str, name: str, password: str | None,
     os.replace(path + ".new", path)
 
 
-class IPeerCertificate(credentials.ICredentials):
+# Interface again, redundantly: pydoctor reads only aurora's source, and
+# knows a class for an interface only by a base it can see.
+class IPeerCertificate(credentials.ICredentials, Interface):
     """The verified client certificate of a mutual-TLS connection."""
 
     commonName = Attribute("The certificate's subject common name (str).")
@@ -192,8 +194,9 @@ class PasswordFile:
         # One hash, with the same parameters, whoever the user: an unknown or
         # certificate-only user's attempt is checked against a dummy hash,
         # so the time taken does not tell whether the name exists.
-        known = entry is not None and entry.hash is not None
-        stored = entry.hash if known else _DUMMY_HASH
+        own = entry.hash if entry is not None else None
+        known = own is not None
+        stored = own if own is not None else _DUMMY_HASH
         check = getattr(creds, "checkHashed", None)  # an Authenticator's pool
         if check is not None:
             checked = check(stored)
@@ -283,7 +286,7 @@ class _Busy(Exception):
 
 
 @implementer(credentials.IUsernamePassword)
-class PooledPassword(credentials.UsernamePassword):
+class _PooledPassword(credentials.UsernamePassword):
     """
     A user name and password whose hash an L{Authenticator} checks (in its
     thread pool, with its C{check}): L{PasswordFile} calls C{checkHashed}
@@ -568,7 +571,7 @@ class Authenticator:
                        peer: str) -> Any:
         who = _describe(creds)
         if credentials.IUsernamePassword.providedBy(creds):
-            creds = PooledPassword(creds.username, creds.password, self._hash)
+            creds = _PooledPassword(creds.username, creds.password, self._hash)
         try:
             _, identity, _ = await self.portal.login(creds, None, IIdentity)
         except _Busy:

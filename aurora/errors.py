@@ -10,8 +10,8 @@ C{pb.DeadReferenceError}, ...).
 
 An aurora message is one line, names the thing and keeps the cause, and never
 holds a memory address (C{<app.Thing object at 0x7f...>} means nothing to the
-other process and tells a peer about this one's heap): L{safeRepr} and
-L{safeText} make a value or a foreign text fit for a message, and L{Error}
+other process and tells a peer about this one's heap): L{_safeRepr} and
+L{_safeText} make a value or a foreign text fit for a message, and L{Error}
 strips any address left in its message.
 """
 
@@ -30,7 +30,7 @@ from aurora._types import Declared
 # What a default repr adds: " at 0x7f3a2c1d9e50" (not "at 0x1F", a byte offset).
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{6,}")
 
-MAX_TEXT = 1000
+_MAX_TEXT = 1000
 """The most characters of a value or foreign text that go into a message."""
 
 _repr = reprlib.Repr()
@@ -42,7 +42,7 @@ def _withoutAddress(text: str) -> str:
     return _ADDRESS.sub("", text) if "0x" in text else text
 
 
-def safeText(text: Any, limit: int = MAX_TEXT) -> str:
+def _safeText(text: Any, limit: int = _MAX_TEXT) -> str:
     """
     C{text} (an exception's message, a peer's words) fit for a message: one
     line, no memory address, at most C{limit} characters.
@@ -60,7 +60,7 @@ def safeText(text: Any, limit: int = MAX_TEXT) -> str:
     return text
 
 
-def safeRepr(value: Any) -> str:
+def _safeRepr(value: Any) -> str:
     """
     A repr of C{value} fit for a message: shortened (long strings and
     containers are cut), one line, and without a memory address (a default
@@ -70,7 +70,13 @@ def safeRepr(value: Any) -> str:
         text = _repr.repr(value)
     except Exception:
         text = f"<{qual(type(value))} object>"
-    return safeText(text)
+    return _safeText(text)
+
+
+# TODO(#12): remove once aurora._schema, aurora.remote, aurora.server and
+# tests/test_errors.py import the underscored names.  (Never released: they
+# came with #11.)
+safeText, safeRepr, MAX_TEXT = _safeText, _safeRepr, _MAX_TEXT
 
 
 class Error(Declared, pb.Error, pb.Copyable):
@@ -82,7 +88,7 @@ class Error(Declared, pb.Error, pb.Copyable):
     memory address in the message (C{" at 0x7f..."}) is removed.
     """
 
-    fields = ("message",)
+    fields: tuple[str, ...] = ("message",)
     _kind = "error"
 
     def __init__(self, message: str = "", **fields: Any) -> None:

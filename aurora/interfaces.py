@@ -9,27 +9,30 @@ object a L{aurora.Server} publishes on each connection.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 
 class IRegistry(Interface):
     """Managers registered under interfaces."""
 
-    def getManager(iface):
+    def getManager(iface: Any) -> Deferred[Any]:
         """
         A Deferred firing with the manager registered under C{iface} (an
         interface or its dotted name), or failing with
         L{aurora.errors.UnknownInterface}.
         """
 
-    def interfaces():
+    def interfaces() -> Deferred[list[str]]:
         """A Deferred firing with the sorted dotted names on offer."""
 
 
 class IRegistryService(Interface):
     """What a Server publishes as each connection's root object."""
 
-    def hello(peer):
+    def hello(peer: dict[str, Any]) -> dict[str, Any]:
         """
         Exchange protocol versions: C{peer} is the client's C{{"protocol":
         int, "aurora": str, "timeout": seconds}}; the answer is the server's,
@@ -40,10 +43,10 @@ class IRegistryService(Interface):
         ignored: limits are raised at L{login}, for the identity.)
         """
 
-    def ping():
+    def ping() -> None:
         """Nothing: the client's heartbeat, answered to show the link works."""
 
-    def login(username, password):
+    def login(username: bytes | None, password: bytes | None) -> Any:
         """
         The L{IRegistryView} for these credentials: C{username} and
         C{password} as bytes (refused on a plain connection unless the server
@@ -56,7 +59,7 @@ class IRegistryService(Interface):
         server grants this identity.
         """
 
-    def types():
+    def types() -> dict[str, dict[str, Any]]:
         """
         C{{type name: {"kind": "copy"|"model"|"error", "fields": [...],
         "keyField": name or None}}}: every type this side can send, so a relay
@@ -67,12 +70,12 @@ class IRegistryService(Interface):
 class IRegistryView(Interface):
     """One identity's view of the published registry."""
 
-    def getManager(name):
+    def getManager(name: str) -> Any:
         """
         The manager registered under the dotted name C{name}, exposing only
         that interface; L{aurora.errors.UnknownInterface} if there is none or
         this identity may not use it (the two are indistinguishable).
         """
 
-    def interfaces():
+    def interfaces() -> Any:
         """The sorted dotted names this identity may use."""

@@ -12,7 +12,7 @@ from zope.interface import implementer
 from zope.interface.interfaces import IInterface
 
 from aurora._schema import interfaceName
-from aurora.errors import RegistrationError, UnknownInterface, safeRepr
+from aurora.errors import RegistrationError, UnknownInterface, _safeRepr
 from aurora.interfaces import IRegistry
 
 
@@ -39,19 +39,19 @@ class Registry:
         """
         if not IInterface.providedBy(iface):
             raise RegistrationError(
-                f"cannot register {safeRepr(manager)}: {safeRepr(iface)} is not a zope.interface "
-                "Interface"
+                f"cannot register {_safeRepr(manager)}: {_safeRepr(iface)} is not a "
+                "zope.interface Interface"
             )
-        name = iface.__identifier__
+        name = interfaceName(iface)
         if not iface.providedBy(manager):
             raise RegistrationError(
-                f"cannot register {safeRepr(manager)} under {name}: "
+                f"cannot register {_safeRepr(manager)} under {name}: "
                 f"{qual(type(manager))} does not provide {name} "
                 f"(declare it with @implementer({iface.__name__}))"
             )
         if name in self._managers and not replace:
             raise RegistrationError(
-                f"{name} is already registered to {safeRepr(self._managers[name])}; "
+                f"{name} is already registered to {_safeRepr(self._managers[name])}; "
                 "pass replace=True to replace it"
             )
         self._managers[name] = manager

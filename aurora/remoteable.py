@@ -35,8 +35,8 @@ from aurora.errors import (
     RemoteError,
     SerializationError,
     UnknownInterface,
-    safeRepr,
-    safeText,
+    _safeRepr,
+    _safeText,
 )
 
 _log = Logger()
@@ -63,7 +63,7 @@ def _unserializeCall(broker: Any, args: Any, kw: Any) -> tuple[tuple, dict]:
             raise
         raise SerializationError(
             f"the arguments could not be accepted ({type(e).__name__}: "
-            f"{safeText(e)}): an undeclared type, a class this side has not "
+            f"{_safeText(e)}): an undeclared type, a class this side has not "
             "imported, or a reference to an object it does not know"
         ) from None
     if not isinstance(args, (list, tuple)) or not isinstance(kw, dict):
@@ -149,7 +149,7 @@ def _toRemoteError(failure: Failure, where: str, broker: Any) -> Failure:
         errorId = ids.get(key, errorId)
     text = f"{remoteType} in {where}"
     if getattr(getattr(broker, "factory", None), "errorDetail", "type") == "message":
-        detail = safeText(failure.value)
+        detail = _safeText(failure.value)
         if detail:
             text += f": {detail}"
     return Failure(RemoteError(f"{text} (error id {errorId})",
@@ -163,7 +163,7 @@ def _noSuchMethod(name: str, exposed: dict[str, Any], mayUse: Any) -> NoSuchMeth
     near = difflib.get_close_matches(name, list(usable), n=1)
     hint = f"; did you mean {near[0]!r}?" if near else ""
     return NoSuchMethod(
-        f"{', '.join(offered) or 'this manager'} has no method {safeRepr(name)}{hint}",
+        f"{', '.join(offered) or 'this manager'} has no method {_safeRepr(name)}{hint}",
         interface=", ".join(offered), method=name)
 
 
@@ -552,7 +552,7 @@ class Subscription:
                               kw: Any) -> Any:
         if _text(message) != "update":
             raise NoSuchMethod(
-                f"model mirrors accept only 'update', not {safeRepr(message)}")
+                f"model mirrors accept only 'update', not {_safeRepr(message)}")
         (name, value), _ = _unserializeCall(broker, args, kw)
         name = _text(name)
         if name in self.state:
