@@ -4,6 +4,12 @@ aurora: a distributed object registry on Twisted Perspective Broker.
 Managers are registered under zope interfaces in a L{Registry}; a L{Server}
 publishes it, a L{Client} gets it back as a remote registry whose managers,
 copies and models behave like the local ones.
+
+Importable from here: the classes above; L{Manager}, L{Copyable} and
+L{Model} to derive from; L{Relay}; L{registerWrapper} and L{registerMirror}
+(with L{Wrapper}); L{noReplay} and L{referenceError}.  The exceptions are in
+L{aurora.errors}, the signals in L{aurora.signals}, logins in L{aurora.auth}.
+Modules whose names start with an underscore are internal.
 """
 
 from aurora import errors, signals
