@@ -1,5 +1,5 @@
 """
-The operator's command line: C{aurora} (or C{python -m aurora}).
+The operator's command line: C{aurora} (or C{python -m aurora})::
 
     aurora ls ENDPOINT
     aurora call ENDPOINT DOTTED.INTERFACE METHOD [JSON-ARG ...]
@@ -21,8 +21,8 @@ C{{"$manager": ["myapp.IAdmin"]}} is a manager (printed, never read).
 
 Exit status: 0 done; 2 bad usage, or an argument that is not JSON or names
 a C{$type} the server does not offer; 3 no connection (refused, timed out,
-lost, login refused, a call with no answer in time); 4 unknown interface or
-method; 5 the arguments do not fit the method; 6 the method raised an error
+lost, an untrusted certificate, login refused) or a call with no answer in
+time; 4 unknown interface or method; 5 the arguments do not fit the method; 6 the method raised an error
 (printed as JSON on stdout too); 7 C{watch} of a method that returns no
 model; 1 anything else; 130 and 143 interrupted (SIGINT, SIGTERM); 141 the
 reader of the output went away.  Each failure is one line on stderr.
@@ -46,8 +46,9 @@ from pydispatch import dispatcher
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import ISSLTransport, IStreamClientEndpoint
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from aurora import _schema, auth, errors, signals
 from aurora._types import Declared
@@ -162,7 +163,7 @@ def _copy(name: Any, fields: dict[str, Any], types: Mapping[str, Mapping[str, An
         shown = ", ".join(copies[:_MAX_LISTED]) or "none"
         more = f" and {len(copies) - _MAX_LISTED} more" if len(copies) > _MAX_LISTED else ""
         what = "is not a type the server offers" if info is None else \
-            f"is {_KINDS.get(info.get('kind'), 'no')} type, not a copy"
+            f"is {_KINDS.get(str(info.get('kind')), 'no')} type, not a copy"
         raise JSONFormError(
             f"$type {errors.safeRepr(name)} {what}; the server's copy types: "
             f"{shown}{more}")
@@ -334,6 +335,7 @@ def _status(e: BaseException) -> int:
     return EXIT_OTHER
 
 
+@implementer(IStreamClientEndpoint)
 class _FailFast:
     """
     A client endpoint whose first failed attempt fires C{failed} with the
