@@ -1,7 +1,7 @@
 """
 Test an application against aurora in memory: a real L{Server} and real
 L{Client}s connected without sockets, threads or a running reactor, time
-moved by hand.
+moved by hand::
 
     net = MemoryNetwork()
     net.serve(registry)                     # a real Server, listening in memory
@@ -14,8 +14,8 @@ moved by hand.
 Every byte goes through aurora's own codec and brokers, as over TCP, so a
 value that cannot travel fails here as it would in production.  What is
 simulated is only the network (an in-memory pair of transports per
-connection, built on Twisted's public L{twisted.internet.testing}) and time
-(a L{MemoryReactorClock}, which is also every server's and client's reactor
+connection, built on Twisted's public C{twisted.internet.testing}) and time
+(a C{MemoryReactorClock}, which is also every server's and client's reactor
 and clock).  Nothing runs until the test says so: L{MemoryNetwork.flush}
 delivers what was written, L{MemoryNetwork.advance} moves the clock,
 L{MemoryNetwork.result} does the first until a Deferred has fired.  Plain
@@ -26,7 +26,7 @@ resource in memory; unlike it, not built on C{twisted.test.iosim}, which is
 Twisted's own test code.
 
 Managers that wait for threads (C{deferToThread}, C{adbapi}) need their
-blocking work done some other way here: a L{MemoryReactorClock} runs no
+blocking work done some other way here: a C{MemoryReactorClock} runs no
 threads (see C{examples/test_users.py}).
 """
 
@@ -240,7 +240,7 @@ class MemoryNetwork:
     Servers and clients connected in memory, driven by the test.
 
     Every L{Server} and L{Client} made here (or given this network's
-    C{reactor} and endpoints) runs on one L{MemoryReactorClock}: nothing
+    C{reactor} and endpoints) runs on one C{MemoryReactorClock}: nothing
     opens a socket or starts a thread, and nothing happens until the test
     calls L{flush}, L{advance} or L{result}.  Time starts at 0 and moves
     only by L{advance}: heartbeats, call deadlines, timeouts and the
@@ -252,7 +252,7 @@ class MemoryNetwork:
     share a network under different names.
 
     @param reactor: the reactor and clock for everything on this network
-        (default: a new L{MemoryReactorClock}).  It is C{self.reactor};
+        (default: a new C{MemoryReactorClock}).  It is C{self.reactor};
         C{self.reactor.seconds()} is the time now.
     @param maxRounds: the most rounds of delivery one L{flush} makes before
         it gives up with L{Unsettled}; and, for L{advance}, the most timer
