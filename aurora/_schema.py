@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import sys
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from twisted.spread import pb
 from zope.interface import Interface, implementedBy, providedBy
@@ -20,7 +20,12 @@ from zope.interface.declarations import ProvidesClass
 from zope.interface.interface import InterfaceClass, Method
 from zope.interface.interfaces import IInterface, IMethod
 
-from aurora.errors import BadArguments, safeRepr, safeText
+from aurora.errors import BadArguments, _safeRepr, _safeText
+
+
+def _identifier(iface: Any) -> str:
+    # zope.interface's stubs do not declare __identifier__.
+    return str(iface.__identifier__)
 
 
 def interfaceName(iface: Any) -> str:
@@ -28,10 +33,10 @@ def interfaceName(iface: Any) -> str:
     if isinstance(iface, str):
         return iface
     if IInterface.providedBy(iface):
-        return iface.__identifier__
+        return _identifier(iface)
     raise TypeError(
         "expected a zope.interface Interface or its dotted name, got "
-        f"{safeRepr(iface)}"
+        f"{_safeRepr(iface)}"
     )
 
 
@@ -64,7 +69,7 @@ def methodsOf(iface: InterfaceClass) -> dict[str, Method]:
 @lru_cache(maxsize=4096)
 def _methodsOf(key: _ById) -> dict[str, Method]:
     return {
-        name: desc
+        name: cast(Method, desc)
         for name, desc in key.obj.namesAndDescriptions(all=True)
         if IMethod.providedBy(desc) and not name.startswith("_")
     }
@@ -152,7 +157,7 @@ def checkArguments(
         sig.bind(*args, **kw)
     except TypeError as e:
         raise BadArguments(
-            f"{iface.__identifier__}.{method.__name__}{sig}: {safeText(e)}",
+            f"{iface.__identifier__}.{method.__name__}{sig}: {_safeText(e)}",
             interface=iface.__identifier__,
             method=method.__name__,
         ) from None
@@ -211,14 +216,14 @@ _SYNTHESIZED = "aurora.synthesized"
 
 def isSynthesized(iface: InterfaceClass) -> bool:
     """Whether C{iface} was built by L{synthesize} (not imported)."""
-    return bool(iface.queryDirectTaggedValue(_SYNTHESIZED, False))
+    return bool(iface.queryTaggedValue(_SYNTHESIZED, False))
 
 
 def findInterface(obj: Any, name: str) -> InterfaceClass | None:
     """The interface named C{name} among those C{obj} provides."""
     for iface in providedBy(obj).flattened():
-        if iface.__identifier__ == name:
-            return iface
+        if _identifier(iface) == name:
+            return cast(InterfaceClass, iface)
     return None
 
 
@@ -231,6 +236,6 @@ def importedInterface(name: str) -> InterfaceClass | None:
     """
     module, _, short = name.rpartition(".")
     obj = getattr(sys.modules.get(module), short, None)
-    if IInterface.providedBy(obj) and obj.__identifier__ == name:
-        return obj
+    if IInterface.providedBy(obj) and _identifier(obj) == name:
+        return cast(InterfaceClass, obj)
     return None

@@ -1294,10 +1294,10 @@ class ServerFactory(pb.PBServerFactory):
     countPeerCaches = True
     # (broker, interface name) -> whether that peer may use it; see mayUse.
     policy: Callable[[Any, str], bool] | None = None
-
-    def admit(self, addr: Any) -> bool:
-        """Whether one more connection, from C{addr}, may be served."""
-        return True
+    # Seconds of silence after which a connection is probed; None: never.
+    idleTimeout: float | None = None
+    # Whether one more connection, from an address, may be served.
+    admit: Callable[[Any], bool] = staticmethod(lambda addr: True)
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.admit(addr):

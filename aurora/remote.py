@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -31,8 +32,8 @@ from aurora.errors import (
     NoSuchMethod,
     RemoteError,
     Timeout,
-    safeRepr,
-    safeText,
+    _safeRepr,
+    _safeText,
 )
 from aurora.interfaces import IRegistry
 from aurora.remoteable import Manager, Model
@@ -49,10 +50,10 @@ def registerWrapper(iface: InterfaceClass, wrapperClass: type[Wrapper]) -> None:
     interface method goes over the wire.
     """
     if not IInterface.providedBy(iface):
-        raise TypeError(f"{safeRepr(iface)} is not a zope.interface Interface")
+        raise TypeError(f"{_safeRepr(iface)} is not a zope.interface Interface")
     if not (isinstance(wrapperClass, type) and issubclass(wrapperClass, Wrapper)):
         raise TypeError(
-            f"{safeRepr(wrapperClass)} is not a subclass of aurora.remote.Wrapper")
+            f"{_safeRepr(wrapperClass)} is not a subclass of aurora.remote.Wrapper")
     _wrapperClasses[iface.__identifier__] = wrapperClass
     _registered[iface.__identifier__] = iface
 
@@ -92,7 +93,7 @@ def learnInterface(description: dict[str, Any], settings: Any) -> None:
 
 
 def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,
-         descriptions: list[Any] = ()) -> Wrapper:
+         descriptions: Sequence[Any] = ()) -> Wrapper:
     """The wrapper for a reference to a manager offering C{names}."""
     for description in descriptions:
         if isinstance(description, dict) and isinstance(description.get("name"), str):
@@ -184,7 +185,7 @@ class Wrapper(Manager):
             near = difflib.get_close_matches(name, list(exposed), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise NoSuchMethod(
-                f"{', '.join(self._names)} has no method {safeRepr(name)}{hint}",
+                f"{', '.join(self._names)} has no method {_safeRepr(name)}{hint}",
                 interface=", ".join(self._names),
                 method=name,
             )
@@ -267,12 +268,12 @@ def _translate(failure: Failure, ref: Any, where: str) -> Failure:
     if isinstance(failure, pb.CopiedFailure):
         # An error PB itself raised on the far side (e.g. an unknown object),
         # or anything a stock PB server sends: its words, made one line.
-        remoteType = failure.type
-        if isinstance(remoteType, bytes):
-            remoteType = remoteType.decode("utf-8", "replace")
-        remoteType = safeText(remoteType, 200)
+        kind: Any = failure.type
+        if isinstance(kind, bytes):
+            kind = kind.decode("utf-8", "replace")
+        remoteType = _safeText(kind, 200)
         return Failure(
-            RemoteError(f"{where}: {remoteType}: {safeText(failure.value)}",
+            RemoteError(f"{where}: {remoteType}: {_safeText(failure.value)}",
                         remoteType=remoteType)
         )
     return failure
@@ -300,7 +301,7 @@ class Origin:
     def __repr__(self) -> str:
         # Named in StaleReference messages: the arguments shortened, without
         # addresses.
-        return f"<{self.parent!r}.{self.method}{safeRepr(self.args)}>"
+        return f"<{self.parent!r}.{self.method}{_safeRepr(self.args)}>"
 
 
 _MAX_WALK = 10_000  # objects looked at per result; a bigger result is not walked
@@ -443,7 +444,7 @@ class Registry:
         def got(manager: Any) -> Wrapper:
             if not isinstance(manager, Wrapper):
                 raise RemoteError(
-                    f"the server answered getManager({safeRepr(name)}) with "
+                    f"the server answered getManager({_safeRepr(name)}) with "
                     f"{qual(type(manager))}, not a manager reference",
                     remoteType=qual(type(manager)),
                 )

@@ -20,7 +20,7 @@ from typing import Mapping
 from aurora import _schema, _types, _wire
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
-from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, safeRepr, safeText
+from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, _safeRepr, _safeText
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.remote import wrap
 from aurora.remoteable import Manager
@@ -48,7 +48,7 @@ class RegistryService(Manager):
         _wire.checkVersion(peer, "client")
         self._broker.helloSaid = True
         self.log.info("client {peer} connected (aurora {version})",
-                      peer=self._broker.peer, version=safeText(peer.get("aurora"), 40))
+                      peer=self._broker.peer, version=_safeText(peer.get("aurora"), 40))
         timeout = peer.get("timeout")
         if isinstance(timeout, (int, float)) and timeout > 0:
             # The client pings more often than this; silence means it is gone
@@ -171,8 +171,6 @@ class Server:
     Publishes C{registry} (an L{aurora.Registry} or the remote registry of an
     L{aurora.Client}) to PB clients.
 
-    @param callTimeout: deadline in seconds for calls this side makes through
-        references that clients send it (None: none).
     Every limit below bounds what one peer can make the server spend; the
     README's Threat model lists them with the attack each stops.  Before a
     connection has logged in it has far smaller budgets
@@ -271,7 +269,7 @@ class Server:
                  reactor: Any = None, clock: Any = None) -> None:
         if not IRegistry.providedBy(registry):
             raise TypeError(
-                f"Server needs an aurora Registry or remote Registry, not {safeRepr(registry)}"
+                f"Server needs an aurora Registry or remote Registry, not {_safeRepr(registry)}"
             )
         if reactor is None:
             from twisted.internet import reactor
@@ -338,8 +336,8 @@ class Server:
         C{"tcp:0:interface=127.0.0.1"}) or an endpoint object.  A Deferred
         firing with the listening port.
         """
-        if isinstance(endpoint, str):
-            endpoint = serverFromString(self._reactor, endpoint)
+        where = serverFromString(self._reactor, endpoint) \
+            if isinstance(endpoint, str) else endpoint
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
@@ -349,7 +347,7 @@ class Server:
                           port=getattr(address, "port", None))
             return port
 
-        return endpoint.listen(self.factory).addCallback(listening)
+        return where.listen(self.factory).addCallback(listening)
 
     def _admit(self, addr: Any) -> bool:
         """
@@ -400,6 +398,8 @@ class Server:
                 timer.cancel()
             if refusal is not None:
                 self._refusing -= 1
+                return
+            if host is None:
                 return
             left = self._perAddress.get(host, 1) - 1
             if left:

@@ -431,23 +431,23 @@ def test_reprsNamedInMessagesHaveNoAddress():
     ("x" * 10_000, None),
 ])
 def test_safeRepr(value, shown):
-    text = errors.safeRepr(value)
-    assert " at 0x" not in text and "\n" not in text and len(text) <= errors.MAX_TEXT
+    text = errors._safeRepr(value)
+    assert " at 0x" not in text and "\n" not in text and len(text) <= errors._MAX_TEXT
     if shown is not None:
         assert text == shown
 
 
 def test_safeText():
-    assert errors.safeText("one\n  two\r\nthree\n") == "one two three"
-    assert errors.safeText("<f.G object at 0x7f3a2c1d9e50> at 0x1F") == \
+    assert errors._safeText("one\n  two\r\nthree\n") == "one two three"
+    assert errors._safeText("<f.G object at 0x7f3a2c1d9e50> at 0x1F") == \
         "<f.G object> at 0x1F"  # a byte offset is not an address
-    assert len(errors.safeText("y" * 5000)) == errors.MAX_TEXT
+    assert len(errors._safeText("y" * 5000)) == errors._MAX_TEXT
 
     class Unprintable(Exception):
         def __str__(self):
             raise ValueError("no")
 
-    assert "Unprintable" in errors.safeText(Unprintable())
+    assert "Unprintable" in errors._safeText(Unprintable())
 
 
 def test_errorMessagesLoseAddresses():
