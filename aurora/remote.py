@@ -255,8 +255,8 @@ def _timedOut(where: str, result: Any, seconds: float) -> Failure:
 
 
 def _connectionLost(ref: Any, where: str) -> ConnectionLost:
-    transport = getattr(getattr(ref, "broker", None), "transport", None)
-    peer = transport.getPeer() if transport is not None else "the server"
+    broker = getattr(ref, "broker", None)
+    peer = broker.peer if getattr(broker, "transport", None) is not None else "the server"
     return ConnectionLost(f"{where}: no connection to {peer}")
 
 

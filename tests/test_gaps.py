@@ -290,3 +290,21 @@ async def test_aStockPBPeerObservesAModel(served, monkeypatch):
         root.broker.notifyOnDisconnect(lambda: lost.callback(None))
         factory.disconnect()
         await lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_aCallWhileDisconnectedNamesTheServerPlainly():
+    server, port = await _serve(_service("ping", "version"), 1)
+    client = Client(f"tcp:127.0.0.1:{port}", **QUIET)
+    log = SignalLog(signals.disconnected, client)
+    try:
+        held = await (await client.getRegistry()).getManager("upgraded.app.IService")
+        gone = log.next()
+        await server.stop()
+        await gone
+        with pytest.raises(errors.ConnectionLost) as e:
+            await held.ping()
+        assert str(e.value) == f"upgraded.app.IService.ping: no connection to 127.0.0.1:{port}"
+    finally:
+        log.close()
+        await client.stop()
