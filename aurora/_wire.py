@@ -291,6 +291,10 @@ class Broker(pb.Broker):
             self._send(b"".join(parts))
 
     def _send(self, data: bytes) -> None:
+        if self.disconnected:
+            # A decref from a reference collected after the connection was
+            # lost: real transports drop it, in-memory ones would raise.
+            return
         flow = self.flow
         if flow is not None and (flow.paused or flow.outbox):
             # The transport's buffer is full: what is written waits here,

@@ -70,6 +70,19 @@ def test_call(app):
     assert app.client.connected
 
 
+def test_writesAfterTheConnectionIsLostAreDropped(app):
+    """
+    A reference collected after its connection was lost sends a decref: it
+    is dropped, as a real transport drops it, not written into a transport
+    whose buffer may already be finalized (at interpreter exit).
+    """
+    broker = app.users._ref.broker
+    app.net.disconnect()
+    assert broker.disconnected
+    broker.transport.io.close()  # what IOBase.__del__ does to it at exit
+    broker.sendDecRef(app.users._ref.luid)  # what RemoteReference.__del__ does
+
+
 def test_unsendableValueFailsTheCall(app):
     """The bytes are really encoded: what cannot travel fails as it would over TCP."""
     with pytest.raises(errors.SerializationError):
