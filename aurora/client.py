@@ -16,9 +16,9 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import ISSLTransport, IStreamClientEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from aurora import _types, _wire, signals
 from aurora._limits import Limits
@@ -38,39 +38,40 @@ from aurora.remoteable import Model, OpaqueCopy, OpaqueModel
 
 @implementer(IStreamClientEndpoint)
 class _RecordingEndpoint:
-    """Remembers why the last attempt failed, for L{ConnectionFailed}."""
+    """Tells C{onFailure} why each attempt to connect failed."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, description: str,
+                 onFailure: Callable[[Failure], None]) -> None:
         self._endpoint = endpoint
         self.description = description
-        self.lastProblem: str | None = None  # why the last attempt failed
-        self.inProgress: str | None = None  # where the attempt under way stands
-        self.failures = 0  # attempts that failed since the last connection
-        self._failureWaiters: list[defer.Deferred] = []
-
-    def nextFailure(self) -> defer.Deferred:
-        """A Deferred firing when an attempt next fails."""
-        d: defer.Deferred = defer.Deferred()
-        self._failureWaiters.append(d)
-        return d
+        self._onFailure = onFailure
 
     def __repr__(self) -> str:
         return self.description  # ClientService logs its endpoint: no address
 
     def connect(self, factory: Any) -> defer.Deferred:
-        def connected(protocol: Any) -> Any:
-            self.failures = 0
-            return protocol
-
         def failed(f: Failure) -> Failure:
-            self.lastProblem = f.getErrorMessage()
-            self.failures += 1
-            waiters, self._failureWaiters = self._failureWaiters, []
-            for d in waiters:
-                d.callback(None)
+            self._onFailure(f)
             return f
 
-        return self._endpoint.connect(factory).addCallbacks(connected, failed)
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
+@provider(ILogObserver)
+def _withoutRetryLines(event: LogEvent) -> None:
+    # ClientService logs "Scheduling retry N to connect ..." before every
+    # attempt: an outage of an hour fills the log with them.  Client says
+    # why the server cannot be reached once per change instead (_attemptFailed).
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class _ClientService(ClientService):
+    # ClientService hands its class logger to its state machine.
+    _log = Logger(observer=_withoutRetryLines)
+
+
+_MAX_REASONS = 10
 
 
 def retryPolicy(initialDelay: float, maxDelay: float) -> Callable[[int], float]:
@@ -151,9 +152,9 @@ class Client:
             from twisted.internet import reactor
         self._clock = clock if clock is not None else reactor
         self._description = endpoint if isinstance(endpoint, str) else repr(endpoint)
-        if isinstance(endpoint, str):
-            endpoint = clientFromString(reactor, endpoint)
-        self._endpoint = _RecordingEndpoint(endpoint, self._description)
+        self._endpoint = _RecordingEndpoint(
+            clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint,
+            self._description, self._connectFailed)
         self._connectTimeout = connectTimeout
         self._heartbeat = heartbeat
         self._timeout = timeout if timeout is not None else (
@@ -164,7 +165,8 @@ class Client:
         self.factory = _wire.ClientFactory(
             wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker,
             limits=Limits(referenceLimit=referenceLimit or Limits.referenceLimit))
-        self._service = ClientService(
+        self.factory.noisy = False  # not "Starting factory" at every attempt
+        self._service = _ClientService(
             self._endpoint, self.factory,
             retryPolicy=retryPolicy(reconnectDelay, maxReconnectDelay),
             clock=self._clock, prepareConnection=self._prepare,
@@ -181,6 +183,14 @@ class Client:
         self._waiters: list[defer.Deferred] = []
         self._fatal: Failure | None = None
         self._stopped: defer.Deferred | None = None
+        # Why the server cannot be reached: said once per change (see
+        # _attemptFailed), kept for the errors that name it.
+        self._problem: str | None = None  # why the last attempt failed
+        self._stage: str | None = None  # where the attempt under way stands
+        self._failedAttempts = 0  # since the connection was last up
+        self._failureWaiters: list[defer.Deferred] = []
+        self._said: set[str] = set()  # the problems logged since it was last up
+        self._whyLost: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -230,7 +240,7 @@ class Client:
 
     def _noConnection(self, result: Any, seconds: float) -> Failure:
         # A failed attempt's cause says more than where a new one stands.
-        why = self._endpoint.lastProblem or self._endpoint.inProgress
+        why = self._problem or self._stage
         reason = f": {why}" if why is not None else ""
         return Failure(ConnectionFailed(
             f"no connection to {self._description} within {seconds} s{reason}",
@@ -247,18 +257,27 @@ class Client:
 
     async def _connect(self, broker: Any) -> None:
         self._broker = broker
+        self._whyLost = None
+        lost = broker.connectionLost
+
+        def connectionLost(reason: Failure) -> None:
+            # Kept for the "lost the connection" line (PB's callbacks get no reason).
+            self._whyLost = reason.getErrorMessage()
+            lost(reason)
+
+        broker.connectionLost = connectionLost
         broker.notifyOnDisconnect(self._lost)
         if self._timeout:
             broker.watch(self._timeout, self._heartbeat, self._ping)
         # What to say if the deadline passes while the server stays silent:
         # a PB server speaks first, a TLS server waits for its client to.
-        self._endpoint.inProgress = (
+        self._stage = (
             "connected, but the server has not begun PB's handshake (a TLS port "
             "reached with plain TCP? connect with tls:)")
         try:
             rootRef = await broker.whenReady().addTimeout(
                 self._timeoutFor() or 30.0, self._clock)
-            self._endpoint.inProgress = "connected, but the aurora handshake did not finish"
+            self._stage = "connected, but the aurora handshake did not finish"
             self._root._rebind(Wrapper(rootRef, (), self.factory))
             peer = dict(_wire.versionInfo(), timeout=self._timeout,
                         referenceLimit=self._referenceLimit)
@@ -287,22 +306,23 @@ class Client:
             self._giveUp(Failure())
             return
         except Exception as e:
-            self._endpoint.lastProblem = (
-                f"connected, but the aurora handshake failed: "
-                f"{'no answer' if isinstance(e, defer.TimeoutError) else e}")
+            why = "no answer" if isinstance(e, defer.TimeoutError) else (
+                str(e) or type(e).__name__)
+            # A fault of this side's (not an aurora error, not a lost
+            # connection) keeps its traceback.
+            ours = not broker.disconnected and not isinstance(
+                e, (Error, defer.TimeoutError))
+            self._attemptFailed(f"connected, but the aurora handshake failed: {why}",
+                                Failure() if ours else None)
             if not broker.disconnected:
-                if isinstance(e, (Error, defer.TimeoutError)):  # its words suffice
-                    self.log.warn("the aurora handshake with {endpoint} failed ({why}); "
-                                  "reconnecting", endpoint=self._description,
-                                  why=str(e) or type(e).__name__)
-                else:
-                    self.log.failure("resync with {endpoint} failed; reconnecting",
-                                     endpoint=self._description)
                 broker.close()
             return
-        if broker.disconnected:
+        if broker.disconnected:  # just after its resync
+            self._attemptFailed(f"connected, but the connection was lost: {self._whyLost}")
             return
-        self._endpoint.lastProblem = self._endpoint.inProgress = None
+        self._problem = self._stage = None
+        self._said.clear()
+        self._failedAttempts = 0
         self._up = True
         self.everConnected = True
         self.log.info("connected to {endpoint}", endpoint=self._description)
@@ -336,28 +356,71 @@ class Client:
         """
         For a relay just started: wait while the very first attempt to reach
         the server is in progress (within the call deadline); once an
-        attempt has failed, or after it has ever connected, return at once
-        (its calls then fail at once with L{ConnectionLost}, naming why).
+        attempt has failed, after it has ever connected, or once the client
+        is stopped, return at once (its calls then fail at once with
+        L{ConnectionLost}, naming why).  Never fails.
         """
-        if self.everConnected or self._endpoint.failures:
+        if self.everConnected or self._failedAttempts or self._stopped is not None \
+                or self._fatal is not None:
             return
-        connected, failed = self.whenConnected(), self._endpoint.nextFailure()
+        connected = self.whenConnected()
+        failed: defer.Deferred = defer.Deferred()
+        self._failureWaiters.append(failed)
+        # Whatever comes first ends the wait: connected, failed, given up,
+        # stopped (which cancels whenConnected), or the deadline.
         first = defer.DeferredList([connected, failed], fireOnOneCallback=True,
                                    fireOnOneErrback=True, consumeErrors=True)
         try:
             await first.addTimeout(self._timeoutFor() or 30.0, self._clock)
-        except defer.TimeoutError:
+        except (defer.TimeoutError, defer.FirstError):
             pass
         finally:
-            for d in (connected, failed):
-                if not d.called:
-                    d.cancel()
+            if failed in self._failureWaiters:
+                self._failureWaiters.remove(failed)
+            if not connected.called:
+                connected.cancel()
 
     def unreachable(self) -> str | None:
         """Why the server cannot be reached now, if an attempt failed since it last was."""
-        if self._up or not self._endpoint.failures:
+        if self._up:
             return None
-        return f"{self._description} is unreachable: {self._endpoint.lastProblem}"
+        if self._fatal is not None:
+            return f"{self._description} refused this client: {self._fatal.getErrorMessage()}"
+        if self._stopped is not None:
+            return f"{self._description}: this client was stopped"
+        if not self._failedAttempts:
+            return None
+        return f"{self._description} is unreachable: {self._problem}"
+
+    def _connectFailed(self, failure: Failure) -> None:
+        self._attemptFailed(failure.getErrorMessage())
+
+    def _attemptFailed(self, why: str, failure: Failure | None = None) -> None:
+        """
+        An attempt to connect failed: keep why, for the errors that name it,
+        and log it only if it is news: a reason not logged since the
+        connection was last up (a retry every few seconds for hours would
+        otherwise say the same thing thousands of times; two reasons that
+        alternate, such as a reset during or just after connecting, are said
+        once each).  At most L{_MAX_REASONS} lines per outage: a reason may
+        hold what a peer sent.
+        """
+        if self._stopped is not None:
+            return  # stopping cancels the attempt under way: not news
+        self._problem = why
+        self._failedAttempts += 1
+        waiters, self._failureWaiters = self._failureWaiters, []
+        for d in waiters:
+            d.callback(None)
+        if why in self._said or len(self._said) >= _MAX_REASONS:
+            return
+        self._said.add(why)
+        said = ("cannot reach {endpoint}, retrying (logged again only if the "
+                "reason changes): {why}")
+        if failure is not None:
+            self.log.failure(said, failure, endpoint=self._description, why=why)
+        else:
+            self.log.warn(said, endpoint=self._description, why=why)
 
     def _learnTypes(self, types: Any) -> None:
         opaque = {"copy": OpaqueCopy, "model": OpaqueModel, "error": OpaqueError}
@@ -376,8 +439,8 @@ class Client:
     def _lost(self) -> None:
         if self._up:
             self._up = False
-            self.log.info("lost the connection to {endpoint}",
-                          endpoint=self._description)
+            self.log.info("lost the connection to {endpoint}: {why}",
+                          endpoint=self._description, why=self._whyLost or "closed")
             signals.send(signals.disconnected, self)
 
     async def _resync(self) -> None:
@@ -458,5 +521,10 @@ class Client:
                 self._broker.transport.unregisterProducer()
         # Every caller gets its own Deferred firing when the one stop is done.
         done: defer.Deferred = defer.Deferred()
-        self._stopped.addBoth(lambda r: (done.callback(None), r)[1])
+
+        def stopped(result: object) -> object:
+            done.callback(None)
+            return result
+
+        self._stopped.addBoth(stopped)
         return done

@@ -10,7 +10,11 @@ import weakref
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from aurora import Client, Registry, Server, errors, signals
 from aurora.remote import referenceError
@@ -103,12 +107,9 @@ async def test_callsDuringOutageFailFast(session):
     await session.server.kill()
     await lost
     assert not session.client.connected
-    started = reactor.seconds()
     with pytest.raises(errors.ConnectionLost) as e:
         await users.echo(1)
-    # At once, not after the 30 s call deadline (the bound is loose for a
-    # loaded machine; it is behaviour, not speed, that is checked).
-    assert reactor.seconds() - started < 5.0
+    # At once: a call left waiting for its deadline would fail with Timeout.
     assert str(session.server.port) in str(e.value)
     with pytest.raises(errors.ConnectionLost):
         await registry.getManager(IAdmin)
@@ -223,12 +224,9 @@ async def test_heartbeatDetectsSilentPartitionAndRecovers(partitioned):
     try:
         lost = disconnected.next()
         proxy.partitioned = True
-        started = reactor.seconds()
+        # The proxy closes nothing: only the heartbeat can notice (TCP alone
+        # would not for minutes).
         await lost
-        detection = reactor.seconds() - started
-        # The heartbeat's timeout is 0.35 s; TCP alone would not notice for
-        # minutes.  Loose bound for a loaded machine: behaviour, not speed.
-        assert detection < 5.0, detection
         with pytest.raises(errors.ConnectionLost):
             await users.echo(1)
         back = connected.next()
@@ -256,3 +254,190 @@ async def test_serverDropsSilentClientAndItsObservers(partitioned):
     await stopped.addTimeout(10, reactor)
     assert model._observers == {}
     del model.stoppedObserving
+
+
+# -- what a client logs while it cannot reach its server
+
+
+@implementer(IStreamClientEndpoint)
+class ScriptedEndpoint:
+    """
+    Each attempt fails with the next exception in C{outcomes}; once they
+    are used up, it connects to C{real}.
+    """
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.outcomes: list[Exception] = []
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        return "scripted-endpoint"
+
+    def connect(self, factory):
+        self.attempts += 1
+        if self.outcomes:
+            return defer.fail(self.outcomes.pop(0))
+        return self.real.connect(factory)
+
+
+def _clientLines(events: list[dict]) -> list[str]:
+    """What a client said about its connection, one entry per log line."""
+    lines = []
+    for event in events:
+        text = formatEvent(event)
+        if "Scheduling retry" in text or "Starting factory" in text:
+            lines.append("retry")
+        elif text.startswith("cannot reach scripted-endpoint"):
+            lines.append("cannot reach: " + text.rpartition("): ")[2])
+        elif text.startswith(("connected to scripted-endpoint",
+                              "lost the connection to scripted-endpoint")):
+            lines.append(text.split(" scripted-endpoint")[0])
+    return lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachableIsLoggedOncePerChangeOfState():
+    """
+    However many retries fail, a client says why once: when it first
+    fails, for each other reason, and again after it was up.
+    """
+    registry = Registry()
+    registry.register(IUserManager, UserManager())
+    server = Server(registry)
+    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    endpoint = ScriptedEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+    clock = task.Clock()  # retries come when the test advances it
+    client = Client(endpoint, heartbeat=None, reconnectDelay=1, maxReconnectDelay=1,
+                    clock=clock)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    down, up = SignalLog(signals.disconnected, client), SignalLog(signals.connected, client)
+
+    def retry(times: int) -> None:
+        for _ in range(times):
+            clock.advance(2.5)  # past the longest backoff: exactly one attempt
+
+    try:
+        refused = error.ConnectionRefusedError("111: Connection refused")
+        endpoint.outcomes = [refused] * 5
+        client.start()
+        retry(4)
+        assert endpoint.attempts == 5
+        endpoint.outcomes = [error.TCPTimedOutError()] * 3 + [refused] * 2
+        retry(5)  # (back to a reason it said: not news)
+        connected = up.next()
+        retry(1)  # the real server this time
+        await connected
+        lost = down.next()
+        await server.stop()
+        await lost
+        # `disconnected` is sent from within connectionLost; ClientService
+        # schedules its retry when that returns: let it.
+        await task.deferLater(reactor, 0, lambda: None)
+        endpoint.outcomes = [refused] * 4
+        retry(4)
+        assert endpoint.attempts == 10 + 1 + 4
+        assert _clientLines(events) == [
+            "cannot reach: Connection was refused by other side: 111: Connection refused.",
+            "cannot reach: TCP connection timed out.",
+            "connected to",
+            "lost the connection to",
+            "cannot reach: Connection was refused by other side: 111: Connection refused.",
+        ]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        down.close()
+        up.close()
+        await client.stop()
+        await server.stop()
+
+
+# -- a connection lost while the client is resyncing
+
+
+class GatedRegistry(Registry):
+    """A registry whose next getManager of C{name} waits for C{gate}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated: tuple[str, defer.Deferred, defer.Deferred] | None = None
+
+    def hold(self, name: str) -> tuple[defer.Deferred, defer.Deferred]:
+        """(reached: fires when the call arrives, gate: fire it to answer)."""
+        reached, gate = defer.Deferred(), defer.Deferred()
+        self.gated = (name, reached, gate)
+        return reached, gate
+
+    def getManager(self, iface):
+        answer = super().getManager(iface)
+        if self.gated is not None and iface == self.gated[0]:
+            _, reached, gate = self.gated
+            self.gated = None
+            reached.callback(None)
+            return gate.addCallback(lambda _: answer)
+        return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectionLostDuringResync():
+    """
+    The connection drops while the client is rebinding what the application
+    holds: it reconnects again, and every object is rebound, none stale.
+    """
+    manager = UserManager()
+    registry = GatedRegistry()
+    registry.register(IUserManager, manager)
+    registry.register(IAdmin, manager.admin)
+    server = Server(registry)
+    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    proxy = PartitionProxy(port)
+    client = Client(f"tcp:127.0.0.1:{await proxy.start()}", **FAST)
+    down, up = SignalLog(signals.disconnected, client), SignalLog(signals.connected, client)
+
+    def cut() -> None:
+        for pipe in list(proxy.pipes):
+            pipe.transport.abortConnection()
+
+    try:
+        remote = await client.getRegistry()
+        users = await remote.getManager(IUserManager)
+        admin = await remote.getManager(IAdmin)
+        fromMethod = await users.getAdmin()
+        mirror = await users.getModel("alice")
+        up.events.clear()
+        reached, gate = registry.hold(IAdmin.__identifier__)
+        lost = down.next()
+        cut()
+        await lost
+        manager.models["alice"].online = True  # a change while it is away
+        await reached.addTimeout(30, reactor)  # the resync is under way ...
+        back = up.next()
+        cut()  # ... and its connection goes
+        gate.callback(None)  # (the answer is for a connection that is gone)
+        await back
+        # One outage as the application sees it: the resync that failed
+        # half-way neither said `connected` nor a second `disconnected`.
+        assert (len(down.events), len(up.events)) == (1, 1)
+        assert await remote.getManager(IAdmin) is admin
+        assert await remote.getManager(IUserManager) is users
+        for obj in (users, admin, fromMethod, mirror):
+            assert referenceError(obj) is None, obj
+        assert await admin.ping() == "pong"
+        assert await fromMethod.ping() == "pong"
+        assert await users.echo("after") == "after"
+        assert mirror.online is True
+        changes = SignalLog(signals.changed, mirror)
+        try:
+            following = changes.next()
+            await users.setOnline("alice", False)
+            await following
+            assert mirror.online is False
+        finally:
+            changes.close()
+    finally:
+        down.close()
+        up.close()
+        await client.stop()
+        await proxy.stop()
+        await server.stop()
