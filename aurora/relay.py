@@ -6,23 +6,29 @@ A relay is a L{Client} of its upstream and a L{Server} of the registry the
 client hands out, optionally beside local managers and behind an allow-list
 (a L{CompositeRegistry}).  It needs no application code: it passes on the
 Copyable, Model and Error types its upstream advertises as opaque objects,
-without importing or instantiating anything of the application's.
+without importing or instantiating anything of the application's::
 
-    python -m aurora.relay --upstream tcp:origin.example:8789 \\
+    twistd -n registry --upstream tcp:origin.example:8789 \\
         --listen tcp:8790 [--allow myapp.interfaces.IUserManager]
+
+(C{python -m aurora.relay ARGS} is a deprecated alias of C{twistd -n
+--pidfile= registry ARGS}.)
 """
 
 from __future__ import annotations
 
-import argparse
+import shlex
 import sys
+import warnings
 from typing import Any, Iterable
 
-from twisted.internet import defer, task
+from pydispatch import dispatcher
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from aurora import _schema, _types
+from aurora import _schema, _types, signals
 from aurora.client import Client
 from aurora.errors import ConnectionLost, UnknownInterface
 from aurora.interfaces import IRegistry
@@ -110,6 +116,10 @@ class Relay:
     """
     A client of C{upstream} whose registry a server publishes again.
 
+    Once it has reached its upstream (and again whenever that changes after
+    a reconnect) it logs what it relays, and warns, in one line, about each
+    C{allow} name the upstream does not offer.
+
     @param upstream: the upstream server's client endpoint string or object.
     @param allow: dotted interface names to re-publish (default: all).
     @param local: a L{Registry} of this process's own managers, offered
@@ -120,17 +130,24 @@ class Relay:
     @param serverOptions: passed to the L{Server}.
     """
 
+    log = Logger()
+
     def __init__(self, upstream: Any, *, allow: Iterable[str] | None = None,
                  local: Registry | None = None,
                  clientOptions: dict[str, Any] | None = None,
                  serverOptions: dict[str, Any] | None = None,
                  reactor: Any = None) -> None:
-        options = dict(opaque=True, referenceLimit=100_000, connectTimeout=None)
+        options: dict[str, Any] = dict(opaque=True, referenceLimit=100_000,
+                                       connectTimeout=None)
         options.update(clientOptions or {})
+        self.upstream = upstream if isinstance(upstream, str) else repr(upstream)
         self.client = Client(upstream, reactor=reactor, **options)
         self.registry = CompositeRegistry(
             self.client.registry, local=local, allow=allow, upstreamClient=self.client)
         self.server = Server(self.registry, reactor=reactor, **(serverOptions or {}))
+        self._said: tuple[list[str], list[str]] | None = None
+        dispatcher.connect(self._upstreamConnected, signal=signals.connected,
+                           sender=self.client)
 
     async def start(self, *endpoints: Any) -> list[IListeningPort]:
         """Connect upstream (in the background) and listen on C{endpoints}."""
@@ -138,32 +155,78 @@ class Relay:
         return [await self.server.listen(e) for e in endpoints]
 
     async def stop(self) -> None:
+        try:
+            dispatcher.disconnect(self._upstreamConnected, signal=signals.connected,
+                                  sender=self.client)
+        except dispatcher.errors.DispatcherKeyError:
+            pass  # stopped before
         await self.server.stop()
         await self.client.stop()
 
+    def _upstreamConnected(self, registry: Any) -> None:
+        defer.ensureDeferred(self._sayWhatIsRelayed())
 
-def _options(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m aurora.relay",
-        description="Re-publish an upstream aurora registry.")
-    parser.add_argument("--upstream", required=True,
-                        help="client endpoint of the upstream, e.g. tcp:host:8789")
-    parser.add_argument("--listen", action="append", required=True,
-                        help="server endpoint to listen on (repeatable)")
-    parser.add_argument("--allow", action="append", default=None,
-                        help="dotted interface name to re-publish (repeatable)")
-    parser.add_argument("--heartbeat", type=float, default=5.0)
-    return parser.parse_args(argv)
+    async def _sayWhatIsRelayed(self) -> None:
+        try:
+            offered = await self.client.registry.interfaces()
+        except ConnectionLost:
+            return  # lost again at once: the next connection says it
+        local = set(self.registry.local._managers)
+        relayed = sorted(local | {n for n in offered if self.registry._allowed(n)})
+        missing = sorted(set(self.registry.allow or ()) - set(offered) - local)
+        if (relayed, missing) == self._said:
+            return  # the same as after the last connection
+        self._said = (relayed, missing)
+        self.log.info("relaying {interfaces} from upstream {upstream}",
+                      interfaces=relayed, upstream=self.upstream)
+        for name in missing:
+            self.log.warn("allowed {interface}, which upstream {upstream} does not "
+                          "offer (it offers: {offered})", interface=name,
+                          upstream=self.upstream,
+                          offered=", ".join(offered) or "nothing")
 
 
-async def main(reactor: Any, argv: list[str]) -> None:
-    args = _options(argv)
-    relay = Relay(args.upstream, allow=args.allow,
-                  clientOptions={"heartbeat": args.heartbeat}, reactor=reactor)
-    ports = await relay.start(*args.listen)
-    print("listening on " + " ".join(str(p.getHost().port) for p in ports), flush=True)
+def main(reactor: Any, argv: list[str]) -> defer.Deferred:
+    """
+    Deprecated: run C{twistd -n registry ARGV} instead.  Runs the relay
+    C{twistd registry} would (the same options) under C{reactor}, prints
+    C{listening on PORT ...} once it listens, and never returns.
+    """
+    warnings.warn("aurora.relay.main is deprecated: run twistd -n registry "
+                  "--upstream ... instead", DeprecationWarning, stacklevel=2)
+    return defer.ensureDeferred(_serve(reactor, argv))
+
+
+async def _serve(reactor: Any, argv: list[str]) -> None:
+    from aurora import tap
+
+    options = tap.Options()
+    options.parseOptions(argv)
+    service = tap.RegistryService(options, reactor=reactor)
+    service.startService()
+    await service._starting  # a failure to start ends the process, in one line
+    print("listening on " + " ".join(str(p.getHost().port) for p in service.ports),
+          flush=True)
     await defer.Deferred()  # until the process is stopped
 
 
+def _deprecatedCommand(argv: list[str]) -> None:
+    """C{python -m aurora.relay ARGS}: C{twistd -n --pidfile= registry ARGS}."""
+    command = ["twistd", "-n", "--pidfile=", "registry", *argv]
+    sys.stderr.write("DeprecationWarning: python -m aurora.relay is deprecated; "
+                     f"run: {shlex.join(command)}\n")
+    sys.stderr.flush()
+    from twisted.scripts.twistd import run
+
+    sys.argv = command
+    run()
+
+
+# `python -m aurora.relay` runs this module a second time, as __main__,
+# after `import aurora` has imported it once; runpy warns about that in a
+# line of its own.  The deprecation line above is the one to read.
+warnings.filterwarnings("ignore", category=RuntimeWarning,
+                        message=r"'aurora\.relay' found in sys\.modules")
+
 if __name__ == "__main__":
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1:])))
+    _deprecatedCommand(sys.argv[1:])

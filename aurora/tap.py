@@ -1,5 +1,5 @@
 """
-The C{twistd registry} plugin: options and the service it runs.
+The C{twistd registry} plugin: options and the service it runs::
 
     twistd -n registry --listen tcp:8789:interface=127.0.0.1 --setup myapp.setup:register
     twistd -n registry --upstream tcp:origin:8789 --listen tcp:8790
@@ -8,10 +8,11 @@ The C{twistd registry} plugin: options and the service it runs.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 import tomllib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NoReturn
 
 from twisted.application import service
 from twisted.internet import defer
@@ -52,10 +53,31 @@ _GRANTABLE = ("referenceLimit", "maxMessageBytes", "maxMessageItems",
               "maxPendingCalls", "maxOutboundBytes")
 
 
-def _fail(problem: str) -> None:
+def _fail(problem: str) -> NoReturn:
     # One line and a non-zero exit: twistd would otherwise print the whole
     # usage text (for UsageError) or a traceback (for anything else).
     raise SystemExit(f"twistd registry: {problem}")
+
+
+def _positive(kind: type, option: str) -> Callable[[str], Any]:
+    """
+    An option's coercion: a number of C{kind} over 0, or one line and a
+    non-zero exit (usage.Options would print the whole usage text).
+    """
+    def coerce(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            _fail(f"{option} must be a {'whole ' if kind is int else ''}number, "
+                  f"not {value!r}")
+        if number <= 0:
+            _fail(f"{option} must be more than 0, not {value}")
+        return number
+
+    coerce.coerceDoc = "More than 0."  # type: ignore[attr-defined]
+    return coerce
 
 
 class Options(usage.Options):
@@ -100,13 +122,16 @@ stops listening.
          "client endpoint of an upstream registry: run as a relay "
          "(e.g. tcp:origin.example:8789)"],
         ["heartbeat", None, None,
-         "seconds between the relay client's heartbeats (default 5)", float],
+         "seconds between the relay client's heartbeats (default 5)",
+         _positive(float, "--heartbeat")],
         ["config", "c", None, "a TOML file with the same settings (e.g. registry.toml)"],
         ["passwd", None, None,
          "password file: require login (see `aurora passwd`); users, passwords "
          "and client-certificate names, each with its interfaces"],
-        ["max-connections", None, 1000, "connections served at once", int],
-        ["login-timeout", None, 30.0, "seconds a connection may take to log in", float],
+        ["max-connections", None, 1000, "connections served at once",
+         _positive(int, "--max-connections")],
+        ["login-timeout", None, 30.0, "seconds a connection may take to log in",
+         _positive(float, "--login-timeout")],
         ["upstream-user", None, None, "a relay logs in upstream as this user"],
         ["upstream-password-file", None, None,
          "file holding the password for --upstream-user"],
@@ -197,6 +222,13 @@ stops listening.
                 self["portal"] = auth.portal(self["passwd"], anonymous=self["anonymous"])
             except (OSError, ValueError) as e:
                 _fail(f"--passwd {self['passwd']}: {e}")
+        users = sorted(who for who in self["grants"] if who != "anonymous")
+        if users and not self["passwd"]:
+            # Without a password file nobody logs in as anyone: the grant
+            # would silently never apply.
+            _fail(f"--grant for {', '.join(users)} needs --passwd: without it nobody "
+                  "logs in as a user (everyone is anonymous); or grant "
+                  "anonymous:NAME=VALUE")
         self["upstreamCredentials"] = None
         if self["upstream-user"]:
             if not self["upstream-password-file"]:
@@ -244,10 +276,10 @@ stops listening.
                 if not self[key]:  # the command line wins
                     self[key] = value
             elif kind == "float":
-                if not isinstance(value, (int, float)):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
                     _fail(f"--config {path}: {key} must be a number")
                 if self[key] is None:
-                    self[key] = float(value)
+                    self[key] = _positive(float, f"--config {path}: {key}")(str(value))
             else:
                 if not isinstance(value, str):
                     _fail(f"--config {path}: {key} must be a string")
@@ -255,18 +287,11 @@ stops listening.
                     self[key] = value
 
 
-def _number(name: str, value: str, known: dict[str, type], where: str) -> Any:
+def _number(name: str, value: str, known: Mapping[str, type], where: str) -> Any:
     kind = known.get(name)
     if kind is None:
         _fail(f"{where}: unknown limit {name!r} (known: {', '.join(sorted(known))})")
-    try:
-        number = kind(value.strip())
-    except ValueError:
-        _fail(f"{where}: {name} must be a {'whole ' if kind is int else ''}number, "
-              f"not {value.strip()!r}")
-    if number <= 0:
-        _fail(f"{where}: {name} must be more than 0")
-    return number
+    return _positive(kind, f"{where}: {name}")(value.strip())
 
 
 def _importCallable(name: str) -> Callable[[Registry], Any]:
@@ -275,6 +300,7 @@ def _importCallable(name: str) -> Callable[[Registry], Any]:
         _fail(f"--setup {name!r} must be MODULE:CALLABLE, e.g. myapp.setup:register")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like python -m: the current directory
+    obj: Any
     try:
         obj = importlib.import_module(module)
     except Exception as e:
@@ -343,14 +369,21 @@ class RegistryService(service.Service):
             self.managers.append(manager)
         if self.relay is not None:
             self.relay.client.start()
-            self.log.info("relaying {upstream}", upstream=self.options["upstream"])
         for endpoint in self.options["listen"]:
             try:
                 self.ports.append(await self.server.listen(endpoint))
             except Exception as e:
                 raise _StartError(f"cannot listen on {endpoint}: {e}")
-        self.log.info("registry ready: {interfaces}",
-                      interfaces=sorted(self.local._managers))
+        local = sorted(self.local._managers)
+        if self.relay is None:
+            self.log.info("registry ready: {interfaces}", interfaces=local)
+        elif not self.relay.client.connected:
+            # What it relays is known once the upstream answers (the Relay
+            # logs it then): no list here that would read as the answer.
+            self.log.info("relay ready, waiting for upstream {upstream}"
+                          + (" (serving {interfaces} of its own meanwhile)" if local
+                             else ""), upstream=self.options["upstream"],
+                          interfaces=local)
 
     def _lifecycleManagers(self) -> list[service.IService]:
         seen: list[Any] = []
@@ -365,7 +398,7 @@ class RegistryService(service.Service):
             self.log.failure("starting the registry failed", failure)
         self.log.critical("twistd registry: {problem}", problem=str(problem))
         # twistd captures sys.stderr into its log; the operator reads this line.
-        sys.__stderr__.write(f"twistd registry: {problem}\n")
+        (sys.__stderr__ or sys.stderr).write(f"twistd registry: {problem}\n")
         # twistd has no way to set its exit status: leave with 1 once the
         # reactor has shut down cleanly.
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
@@ -373,9 +406,10 @@ class RegistryService(service.Service):
         self.reactor.callLater(0, self.reactor.stop)
 
     async def _stop(self) -> None:
-        await self.server.stop()  # ports, then every client connection
         if self.relay is not None:
-            await self.relay.client.stop()
+            await self.relay.stop()  # ports, client connections, then upstream
+        else:
+            await self.server.stop()  # ports, then every client connection
         for manager in reversed(self.managers):
             self.log.info("stopping manager {manager!r}", manager=manager)
             try:
@@ -383,6 +417,10 @@ class RegistryService(service.Service):
             except Exception:
                 self.log.failure("stopping {manager!r} failed", manager=manager)
         self.managers = []
+        if self.relay is not None:
+            self.log.info("stopped relaying {upstream}", upstream=self.options["upstream"])
+        else:
+            self.log.info("registry stopped")
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

@@ -53,14 +53,15 @@ async def test_serverAndRelayDrivenByClientAndCLI(registryProcess, tmp_path):
         assert code == 0, err
         listing = out.decode()
         assert "tests.app.IUserManager\n" in listing
-        assert "  getUser(name)  The User called C{name}." in listing
+        assert "  getUser(name)  The User called name." in listing
         assert "tests.app.IAdmin" not in listing  # not allowed by the relay
 
         out, err, code = await aurora("call", endpoint, "tests.app.IUserManager",
                                       "getModels", '["alice", "bob"]')
         assert code == 0, err
-        assert json.loads(out) == {"alice": {"name": "alice", "online": False},
-                                   "bob": {"name": "bob", "online": False}}
+        assert json.loads(out) == {
+            "alice": {"$type": "tests.app.UserModel", "name": "alice", "online": False},
+            "bob": {"$type": "tests.app.UserModel", "name": "bob", "online": False}}
 
         out, err, code = await aurora("call", endpoint, "tests.app.IAdmin", "ping")
         assert (code, err.decode().count("\n")) == (4, 1)
@@ -124,7 +125,8 @@ async def test_watchKeepsWatchingAcrossReconnects(registryProcess):
                     reconnectDelay=0.05, maxReconnectDelay=0.2)
     server = registryProcess
     try:
-        assert await first == {"name": "alice", "online": False}
+        assert await first == {"$type": "tests.app.UserModel", "name": "alice",
+                               "online": False}
         users = await (await client.getRegistry()).getManager(IUserManager)
         change = watcher.next()
         await users.setOnline("alice", True)
@@ -198,6 +200,15 @@ async def test_help():
     (["--limit", "maxPendingCalls=lots"], "maxPendingCalls must be a whole number"),
     (["--grant", "relay:idleTimeout=5"], "--grant: unknown limit 'idleTimeout'"),
     (["--grant", "referenceLimit=5"], "must be IDENTITY:NAME=VALUE"),
+    # A grant applies to a user who logs in: without --passwd there is none.
+    (["--grant", "relay-eu:referenceLimit=5000"],
+     "--grant for relay-eu needs --passwd"),
+    (["--heartbeat", "x", "--upstream", "tcp:127.0.0.1:1"],
+     "--heartbeat must be a number, not 'x'"),
+    (["--heartbeat=-1", "--upstream", "tcp:127.0.0.1:1"],
+     "--heartbeat must be more than 0, not -1"),
+    (["--max-connections", "many"], "--max-connections must be a whole number"),
+    (["--login-timeout", "0"], "--login-timeout must be more than 0"),
 ])
 @pytest_twisted.ensureDeferred
 async def test_badOptionsStopWithOneLine(args, words):
@@ -208,6 +219,7 @@ async def test_badOptionsStopWithOneLine(args, words):
     assert code != 0
     assert words in err.decode()
     assert b"Traceback" not in err
+    assert err.decode().count("\n") == 1, err  # not the whole usage text
 
 
 @pytest_twisted.ensureDeferred
@@ -302,14 +314,16 @@ async def test_loginOptionsAndARelayThatLogsInUpstream(tmp_path):
 
 def test_limitsAndGrantsReachTheServer(tmp_path):
     """--limit and --grant (and their TOML tables) become Server's arguments."""
-    from aurora import tap
+    from aurora import auth, tap
 
     config = tmp_path / "registry.toml"
     config.write_text('[limits]\nmaxPendingCalls = 7\nidleTimeout = 30\n'
                       '[grants.relay-eu]\nreferenceLimit = 5000\n')
+    auth.setPassword(str(tmp_path / "passwd"), "relay-eu", "s3cret")
     options = tap.Options()
     options.parseOptions([
         "--listen", "tcp:0:interface=127.0.0.1", "--config", str(config),
+        "--passwd", str(tmp_path / "passwd"),
         "--limit", "maxPendingCalls=9", "--grant", "anonymous:maxPendingCalls=50"])
     server = tap.makeService(options).server
     assert server.factory.loggedInLimits.maxPendingCalls == 9  # the command line wins
