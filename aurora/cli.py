@@ -165,7 +165,7 @@ def _copy(name: Any, fields: dict[str, Any], types: Mapping[str, Mapping[str, An
         what = "is not a type the server offers" if info is None else \
             f"is {_KINDS.get(str(info.get('kind')), 'no')} type, not a copy"
         raise JSONFormError(
-            f"$type {errors.safeRepr(name)} {what}; the server's copy types: "
+            f"$type {errors._safeRepr(name)} {what}; the server's copy types: "
             f"{shown}{more}")
     declared = list(info.get("fields") or ())
     unknown = [f for f in fields if f not in declared]
@@ -317,7 +317,7 @@ def _values(raw: list[str], forms: list[Any],
         try:
             values.append(fromJSON(form, types))
         except JSONFormError as e:
-            raise _Failed(EXIT_USAGE, f"argument {errors.safeText(text, 60)!r}: {e}") \
+            raise _Failed(EXIT_USAGE, f"argument {errors._safeText(text, 60)!r}: {e}") \
                 from None
     return values
 

@@ -73,11 +73,6 @@ def _safeRepr(value: Any) -> str:
     return _safeText(text)
 
 
-# TODO(#12): remove once aurora._schema, aurora.remote, aurora.server and
-# tests/test_errors.py import the underscored names.  (Never released: they
-# came with #11.)
-safeText, safeRepr, MAX_TEXT = _safeText, _safeRepr, _MAX_TEXT
-
 
 class Error(Declared, pb.Error, pb.Copyable):
     """
