@@ -128,6 +128,8 @@ class Relay:
         C{callTimeout}, ...); it accepts opaque types and asks for a high
         reference limit, since it funnels all downstream references.
     @param serverOptions: passed to the L{Server}.
+    @ivar upstream: the upstream's endpoint string (or its object's repr),
+        as the log names it.
     """
 
     log = Logger()

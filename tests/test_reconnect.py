@@ -441,3 +441,25 @@ async def test_connectionLostDuringResync():
         await client.stop()
         await proxy.stop()
         await server.stop()
+
+
+def test_reasonsLoggedPerOutageAreBounded():
+    """A reason may hold what a peer sent: at most 10 lines per outage."""
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(None)
+    endpoint.outcomes = [error.ConnectError(f"attempt {i}") for i in range(15)]
+    client = Client(endpoint, heartbeat=None, reconnectDelay=1, maxReconnectDelay=1,
+                    clock=clock)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client.start()
+        for _ in range(14):
+            clock.advance(2.5)
+        assert endpoint.attempts == 15
+        assert _clientLines(events) == [
+            f"cannot reach: An error occurred while connecting: attempt {i}."
+            for i in range(10)]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        client.stop()
