@@ -171,7 +171,7 @@ class Relay:
     async def _sayWhatIsRelayed(self) -> None:
         try:
             offered = await self.client.registry.interfaces()
-        except ConnectionLost:
+        except (ConnectionLost, defer.TimeoutError):
             return  # lost again at once: the next connection says it
         local = set(self.registry.local._managers)
         relayed = sorted(local | {n for n in offered if self.registry._allowed(n)})
