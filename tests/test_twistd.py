@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 
 import pytest
 import pytest_twisted
@@ -146,7 +147,7 @@ async def test_watchKeepsWatchingAcrossReconnects(registryProcess):
     finally:
         await client.stop()
         if not watcher.ended.called:
-            watcher.transport.signalProcess("KILL")
+            os.killpg(watcher.transport.pid, signal.SIGKILL)
             await watcher.ended
         await server.kill()
 
@@ -417,7 +418,8 @@ async def test_cliWatchInterruptedIsNotSuccess(registryProcess, signal_, status)
         "aurora", "watch", f"tcp:127.0.0.1:{registryProcess.port}",
         "tests.app.IUserManager", "getModel", '"alice"'], env=os.environ.copy())
     try:
-        assert await first == {"name": "alice", "online": False}
+        assert await first == {"$type": "tests.app.UserModel", "name": "alice",
+                               "online": False}
         watcher.transport.signalProcess(signal_)
         reason = await watcher.ended
         assert reason.exitCode == status, (reason, watcher.errors)
@@ -434,13 +436,15 @@ async def test_cliWatchIntoAClosedPipeEnds(registryProcess):
     """`aurora watch ... | head -1` ends at the next change, quietly."""
     watcher = LineReader()
     first = watcher.next()
-    reactor.spawnProcess(watcher, "/bin/sh", [
-        "sh", "-c", f"{os.path.join(BIN, 'aurora')} watch "
+    # In a session of its own, so that a failure kills the whole pipeline.
+    reactor.spawnProcess(watcher, "/usr/bin/setsid", [
+        "setsid", "sh", "-c", f"{os.path.join(BIN, 'aurora')} watch "
         f"tcp:127.0.0.1:{registryProcess.port} tests.app.IUserManager getModel "
         "'\"alice\"' | head -1"], env=os.environ.copy())
     client = Client(f"tcp:127.0.0.1:{registryProcess.port}", heartbeat=None)
     try:
-        assert await first == {"name": "alice", "online": False}
+        assert await first == {"$type": "tests.app.UserModel", "name": "alice",
+                               "online": False}
         users = await (await client.getRegistry()).getManager(IUserManager)
         await users.setOnline("alice", True)  # written into the closed pipe
         await watcher.ended  # (it would wait here forever: the test's timeout)
@@ -449,5 +453,5 @@ async def test_cliWatchIntoAClosedPipeEnds(registryProcess):
     finally:
         await client.stop()
         if not watcher.ended.called:
-            watcher.transport.signalProcess("KILL")
+            os.killpg(watcher.transport.pid, signal.SIGKILL)
             await watcher.ended
