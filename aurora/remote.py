@@ -255,7 +255,7 @@ def _timedOut(where: str, result: Any, seconds: float) -> Failure:
 
 
 def _connectionLost(ref: Any, where: str) -> ConnectionLost:
-    broker = getattr(ref, "broker", None)
+    broker: Any = getattr(ref, "broker", None)
     peer = broker.peer if getattr(broker, "transport", None) is not None else "the server"
     return ConnectionLost(f"{where}: no connection to {peer}")
 
