@@ -80,8 +80,10 @@ def retryPolicy(initialDelay: float, maxDelay: float) -> Callable[[int], float]:
     C{2 * initialDelay}, later ones growing by 1.5 up to C{maxDelay} (plus
     jitter), so a long outage never stretches retries into hours.
     """
-    return backoffPolicy(initialDelay=initialDelay, maxDelay=maxDelay, factor=1.5,
-                         jitter=lambda: random.uniform(0, initialDelay))
+    policy = backoffPolicy(initialDelay=initialDelay, maxDelay=maxDelay, factor=1.5,
+                           jitter=lambda: random.uniform(0, initialDelay))
+    # ClientService numbers the first retry 1; backoffPolicy grows from 0.
+    return lambda attempt: policy(attempt - 1)
 
 
 class Client:
@@ -166,9 +168,10 @@ class Client:
             wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker,
             limits=Limits(referenceLimit=referenceLimit or Limits.referenceLimit))
         self.factory.noisy = False  # not "Starting factory" at every attempt
+        self._policy = retryPolicy(reconnectDelay, maxReconnectDelay)
         self._service = _ClientService(
             self._endpoint, self.factory,
-            retryPolicy=retryPolicy(reconnectDelay, maxReconnectDelay),
+            retryPolicy=self._retryDelay,
             clock=self._clock, prepareConnection=self._prepare,
         )
         # The objects the application holds: the same for the client's life.
@@ -246,6 +249,13 @@ class Client:
             f"no connection to {self._description} within {seconds} s{reason}",
             endpoint=self._description,
         ))
+
+    def _retryDelay(self, attempt: int) -> float:
+        # ClientService counts attempts since the last TCP connection; a
+        # server that accepts and then closes (at its connection limit, or
+        # not aurora) would be retried at the first delay forever.  Attempts
+        # count until the aurora handshake succeeds.
+        return self._policy(max(attempt, self._failedAttempts))
 
     def _prepare(self, proto: Any) -> None:
         # ClientService's prepareConnection, used only as "a connection was

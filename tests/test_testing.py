@@ -383,10 +383,6 @@ def test_endlessExchangeIsBounded():
     d.addErrback(lambda f: None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README (Reconnection) says the first retry comes within 2 x reconnectDelay; "
-    "aurora.client.retryPolicy waits up to 2.5 x (initialDelay x 1.5 for attempt 1, "
-    "plus jitter up to initialDelay)"))
 def test_firstRetryWithinTwiceReconnectDelay(monkeypatch):
     monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the most jitter
     app = App(reconnectDelay=0.25)
@@ -397,3 +393,33 @@ def test_firstRetryWithinTwiceReconnectDelay(monkeypatch):
         assert app.client.connected
     finally:
         app.close()
+
+
+class _Hangup(protocol.Protocol):
+    """What a server at its connection limit, or not aurora, does: accept, then close."""
+
+    def connectionMade(self) -> None:
+        self.factory.accepted += 1
+        self.transport.loseConnection()
+
+
+def test_aServerThatAcceptsAndClosesIsRetriedWithGrowingDelays():
+    """
+    The backoff is not reset by a TCP connection that never became an aurora
+    connection: retries slow down (1.5x each) instead of hammering a server
+    that is at its connection limit every reconnectDelay.
+    """
+    net = MemoryNetwork()
+    factory = protocol.Factory.forProtocol(_Hangup)
+    factory.accepted = 0
+    net.result(net.serverEndpoint("hangup").listen(factory))
+    client = net.client(address="hangup", heartbeat=None, reconnectDelay=1,
+                        maxReconnectDelay=1000, connectTimeout=None)
+    try:
+        net.advance(60)
+        # Delays of at least 1, 1.5, 2.25, ... s: at most 10 attempts in 60 s
+        # (at a fixed 1-2 s there would be 30 or more).
+        assert 5 <= factory.accepted <= 10, factory.accepted
+        assert not client.connected
+    finally:
+        net.stop()
