@@ -1037,7 +1037,9 @@ class _Watchdog:
 
     def _drop(self, why: str, **kw: Any) -> None:
         broker = self.broker
-        broker.peerLog.warn(("silent", id(broker)), why + "; dropping the connection",
+        # Keyed by address: a client retrying a silent server says so once
+        # per log interval, not at every attempt.
+        broker.peerLog.warn(("silent", broker.peer), why + "; dropping the connection",
                             peer=broker.peer, **kw)
         broker.transport.abortConnection()
 

@@ -291,6 +291,11 @@ class TwistdProcess(protocol.ProcessProtocol):
 
         self.buffer += data
         *records, self.buffer = self.buffer.split(b"\x1e")
+        if self.buffer.endswith(b"\n"):
+            # A whole record (RS, JSON, newline): read now, not when the next
+            # one begins, which may be long after.
+            records.append(self.buffer)
+            self.buffer = b""
         for record in records:
             if not record.strip():
                 continue

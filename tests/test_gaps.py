@@ -308,3 +308,33 @@ async def test_aCallWhileDisconnectedNamesTheServerPlainly():
     finally:
         log.close()
         await client.stop()
+
+
+def test_aClientRetryingASilentServerSaysSoOncePerInterval():
+    """
+    A server that accepts and never speaks: each attempt is dropped after
+    the timeout, and the watchdog says so once per log interval, not once
+    per attempt.
+    """
+    from twisted.internet import protocol
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from aurora.testing import MemoryNetwork
+
+    net = MemoryNetwork()
+    factory = protocol.Factory.forProtocol(protocol.Protocol)
+    accepted = []
+    factory.buildProtocol = lambda addr: accepted.append(addr) or protocol.Protocol()
+    net.result(net.serverEndpoint("mute").listen(factory))
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        net.client(address="mute", heartbeat=1, timeout=2, reconnectDelay=0.5,
+                   maxReconnectDelay=1, connectTimeout=None)
+        net.advance(50)  # within one log interval (60 s)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        net.stop()
+    dropped = [e for e in events if "dropping the connection" in formatEvent(e)]
+    assert len(accepted) >= 5
+    assert len(dropped) == 1, [formatEvent(e) for e in dropped]

@@ -253,24 +253,11 @@ def origin() -> Server:
     return Server(registry)
 
 
-class Twistd(TwistdProcess):
-    """
-    A C{TwistdProcess} that reads each JSON record once it is whole (it ends
-    with a newline), not only when the next one begins: a relay's last line
-    before a quiet spell is the one these tests wait for.
-    """
-
-    def outReceived(self, data: bytes) -> None:
-        super().outReceived(data)
-        if self.buffer.endswith(b"\n"):
-            super().outReceived(b"\x1e")
-
-
 def _text(event: dict) -> str:
     return formatEvent(event)
 
 
-async def _event(proc: Twistd, text: str) -> dict:
+async def _event(proc: TwistdProcess, text: str) -> dict:
     """The first event whose format holds C{text}, already logged or next."""
     for event in proc.events:
         if text in event.get("log_format", ""):
@@ -300,7 +287,7 @@ async def test_sigtermStopsARelayCleanly(upstream):
     else:
         server = origin()
         port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
-    relay = await Twistd.start(
+    relay = await TwistdProcess.start(
         "--upstream", f"tcp:127.0.0.1:{port}", "--listen", "tcp:0:interface=127.0.0.1",
         # IAdmin of its own, answered without the upstream.
         "--setup", "tests.twistd_setup:registerLater")
@@ -354,7 +341,7 @@ async def test_relayLogsWhyItsUpstreamIsUnreachableOncePerChange(tmp_path):
     """
     fake = FakeUpstream(close=True)  # each attempt closed at once
     port = await fake.listen()
-    relay = await Twistd.start(
+    relay = await TwistdProcess.start(
         "--upstream", f"tcp:127.0.0.1:{port}", "--listen", "tcp:0:interface=127.0.0.1",
         "--heartbeat", "0.5", pythonpath=False, cwd=str(tmp_path))
     server = None
@@ -399,7 +386,7 @@ async def test_relayLogsWhyItsUpstreamIsUnreachableOncePerChange(tmp_path):
 async def test_allowedNameTheUpstreamDoesNotOfferIsWarnedAbout(tmp_path):
     server = origin()
     port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
-    relay = await Twistd.start(
+    relay = await TwistdProcess.start(
         "--upstream", f"tcp:127.0.0.1:{port}", "--listen", "tcp:0:interface=127.0.0.1",
         "--allow", "tests.app.IUserManager", "--allow", "tests.app.IUserManagr",
         pythonpath=False, cwd=str(tmp_path))
