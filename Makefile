@@ -21,6 +21,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.deps: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet .
+	touch $@
+
+$(VENV)/.testdeps: $(VENV)/.deps
 	$(BIN)/python -m pip install --quiet '.[test]'
 	touch $@
 
@@ -34,7 +38,7 @@ demo: install
 	cd examples && ../$(BIN)/python tour.py
 
 # mypy checks the working tree, as configured in pyproject.toml [tool.mypy].
-typecheck: $(VENV)/.deps
+typecheck: $(VENV)/.testdeps
 	$(BIN)/python -m mypy
 
 $(VENV)/.docs: $(BIN)/python pyproject.toml
@@ -47,7 +51,7 @@ docs: $(VENV)/.docs
 	rm -rf docs/api
 	$(BIN)/pydoctor $(DOCSFLAGS) --project-version=$(VERSION) aurora
 
-test: install typecheck docs
+test: install $(VENV)/.testdeps typecheck docs
 	$(BIN)/python -m pytest
 
 $(VENV)/.bench: $(VENV)/.deps

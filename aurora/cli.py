@@ -40,7 +40,7 @@ import os
 import re
 import signal
 import sys
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping, NoReturn, TextIO
 
 from pydispatch import dispatcher
 from twisted.cred.credentials import UsernamePassword
@@ -213,8 +213,15 @@ def plainText(doc: str) -> str:
     return _FIELD.sub(field, doc)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aurora", description="Look at and call an aurora registry.",
         epilog="Values are JSON: {\"$type\": \"myapp.User\", ...} is a copy of a "
                "type the server offers, {\"$bytes\": \"<base64>\"} bytes, \"$$key\" "
@@ -244,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("endpoint")
         p.add_argument("interface")
         p.add_argument("method")
-        p.add_argument("args", nargs="*", metavar="JSON-ARG")
+        p.add_argument("args", nargs="*", default=[], metavar="JSON-ARG")
     pw = sub.add_parser(
         "passwd", help="add or change a user in a password file (twistd --passwd)",
         description="e.g. aurora passwd /etc/aurora/passwd alice --interfaces "
@@ -294,10 +301,15 @@ def _password(args: argparse.Namespace) -> bytes:
                                       f"{args.password_file!r}: {e.strerror}") from None
     if not sys.stdin.isatty():
         # Piped in: read it (getpass would warn that it cannot hide it).
-        return sys.stdin.readline().rstrip("\n").encode("utf-8")
-    import getpass
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass
 
-    return getpass.getpass(f"password for {args.user}: ").encode("utf-8")
+        password = getpass.getpass(f"password for {args.user}: ")
+    if not password:
+        raise _Failed(EXIT_USAGE, f"no password for --user {args.user}: give it with "
+                                  "--password-file FILE, on stdin, or at the prompt")
+    return password.encode("utf-8")
 
 
 def _parseArgs(raw: list[str]) -> list[Any]:
@@ -306,7 +318,11 @@ def _parseArgs(raw: list[str]) -> list[Any]:
         try:
             forms.append(json.loads(text))
         except json.JSONDecodeError as e:
-            raise _Failed(EXIT_USAGE, f"argument {text!r} is not JSON: {e}") from None
+            hint = ""
+            if text and text[0] not in '"[{-0123456789':
+                # The commonest slip: a bare word where a JSON string is meant.
+                hint = f" (a string is JSON in quotes: '\"{errors._safeText(text, 40)}\"')"
+            raise _Failed(EXIT_USAGE, f"argument {text!r} is not JSON: {e}{hint}") from None
     return forms
 
 
@@ -407,6 +423,8 @@ def _loginRefused(e: errors.LoginFailed, args: argparse.Namespace,
                 f"{args.endpoint}: the connection is not TLS; connect with "
                 "tls:HOST:PORT:trustRoots=DIR, or add --allow-insecure-login for "
                 "local development")
+    if "encrypted connection" in str(e):
+        return f"LoginFailed: {e}"  # the server's reason already says what to do
     return (f"LoginFailed: {e} (check --user {args.user} and the password given by "
             "--password-file FILE, stdin, or the prompt)")
 
@@ -464,11 +482,12 @@ async def _watch(client: Client, registry: Any, args: argparse.Namespace,
 
 
 def _kindOf(value: Any) -> str:
-    if isinstance(value, Declared):
-        return f"a {value.typeName}"
     if isinstance(value, Wrapper):
         return "a manager"
-    return "None" if value is None else f"a {type(value).__name__}"
+    if value is None:
+        return "None"
+    name = value.typeName if isinstance(value, Declared) else type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 async def run(reactor: Any, argv: list[str], out: TextIO | None = None,

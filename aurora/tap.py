@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 import tomllib
 from typing import Any, Callable, Mapping, NoReturn
@@ -59,6 +60,26 @@ def _fail(problem: str) -> NoReturn:
     raise SystemExit(f"twistd registry: {problem}")
 
 
+_FORMS = {
+    "--listen": "a server endpoint looks like tcp:8789:interface=127.0.0.1 or "
+                "ssl:8790:privateKey=KEY.pem:certKey=CERT.pem",
+    "--upstream": "a client endpoint looks like tcp:HOST:8789 or "
+                  "tls:HOST:8790:trustRoots=DIR",
+}
+
+
+def _badEndpoint(option: str, endpoint: str, e: Exception) -> str:
+    """One line: the endpoint, what is wrong with it in the user's terms, the form."""
+    why = str(e) or type(e).__name__
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", why)
+    if unknown:  # Twisted's parser function names are not the user's concern
+        why = f"it has no option {unknown.group(1)!r}"
+    elif type(e).__module__.startswith("OpenSSL"):
+        why = (f"cannot read its key or certificate ({why}): privateKey= must name a "
+               "PEM private key and certKey= a PEM certificate")
+    return f"bad {option} endpoint {endpoint!r}: {why}; {_FORMS[option]}"
+
+
 def _positive(kind: type, option: str) -> Callable[[str], Any]:
     """
     An option's coercion: a number of C{kind} over 0, or one line and a
@@ -85,23 +106,23 @@ class Options(usage.Options):
     examples = """\
 Runs an aurora registry server, or a relay of an upstream registry.
 
-Examples:
-  twistd -n registry --listen tcp:8789:interface=127.0.0.1 --setup myapp.setup:register
+Examples (--pidfile= keeps twistd from writing twistd.pid):
+  twistd -n --pidfile= registry --listen tcp:8789:interface=127.0.0.1 --setup myapp.setup:register
       serve the managers that myapp.setup.register(registry) registers
-  twistd -n registry --listen ssl:8790:privateKey=key.pem:certKey=cert.pem --setup ...
+  twistd -n --pidfile= registry --listen ssl:8790:privateKey=key.pem:certKey=cert.pem --setup ...
       the same over TLS (see the README for the whole recipe)
-  twistd -n registry --upstream tcp:origin.example:8789 --listen tcp:8790 \\
+  twistd -n --pidfile= registry --upstream tcp:origin.example:8789 --listen tcp:8790 \\
          --allow myapp.interfaces.IUserManager
       a relay re-publishing one interface of an upstream registry
-  twistd -n registry --listen ssl:8790:privateKey=key.pem:certKey=cert.pem \\
+  twistd -n --pidfile= registry --listen ssl:8790:privateKey=key.pem:certKey=cert.pem \\
          --passwd /etc/aurora/passwd --setup myapp.setup:register
       require a login (add users with: aurora passwd /etc/aurora/passwd alice)
-  twistd -n registry --listen mtls:8790:privateKey=key.pem:certKey=cert.pem:caCerts=ca.pem \\
+  twistd -n --pidfile= registry --listen mtls:8790:privateKey=key.pem:certKey=cert.pem:caCerts=ca.pem \\
          --passwd /etc/aurora/passwd --setup ...
       mutual TLS: the client certificate's name is the identity
-  twistd -n registry --config /etc/aurora/registry.toml
+  twistd -n --pidfile= registry --config /etc/aurora/registry.toml
       the same settings from a TOML file; options given here win
-  twistd -n registry --passwd ... --grant relay-eu:referenceLimit=100000 \
+  twistd -n --pidfile= registry --passwd ... --grant relay-eu:referenceLimit=100000 \\
          --limit idleTimeout=120
       let the relay logging in as relay-eu hold 100,000 references; probe
       idle connections after 120 s (every limit: the README's Threat model)
@@ -207,12 +228,12 @@ stops listening.
             try:
                 serverFromString(reactor, endpoint)
             except Exception as e:
-                _fail(f"bad --listen endpoint {endpoint!r}: {e}")
+                _fail(_badEndpoint("--listen", endpoint, e))
         if self["upstream"]:
             try:
                 clientFromString(reactor, self["upstream"])
             except Exception as e:
-                _fail(f"bad --upstream endpoint {self['upstream']!r}: {e}")
+                _fail(_badEndpoint("--upstream", self["upstream"], e))
         elif self["allow"]:
             _fail("--allow restricts what a relay re-publishes: it needs --upstream")
         self["setupCallables"] = [_importCallable(name) for name in self["setup"]]

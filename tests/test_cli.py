@@ -237,6 +237,7 @@ async def test_badJSONAndBadArgumentsHaveTheirStatuses(app):
     status, out, err = await app.cli("call", app.endpoint, "tests.app.IUserManager",
                                      "getUser", "alice")
     assert status == EXIT_USAGE and "is not JSON" in oneLine(err)
+    assert """(a string is JSON in quotes: '"alice"')""" in err
     status, out, err = await app.cli("call", app.endpoint, "tests.app.IUserManager",
                                      "getUser")
     assert status == EXIT_ARGUMENTS and "BadArguments" in oneLine(err)
@@ -272,6 +273,9 @@ async def test_watchOfWhatIsNotAModelHasItsOwnStatus(app):
                                      "getUser", '"alice"')
     assert (status, out) == (EXIT_NOT_A_MODEL, "")
     assert "getUser returned a tests.app.User, not a model" in oneLine(err)
+    status, out, err = await app.cli("watch", app.endpoint, "tests.app.IUserManager",
+                                     "echo", "1")
+    assert "echo returned an int, not a model" in oneLine(err)
 
 
 class Lines(io.StringIO):
@@ -451,3 +455,38 @@ async def test_startupFailuresAreOneLineEach(tmp_path):
             assert words.encode() in err, (argv, err)
     finally:
         await server.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_anEmptyPasswordAndAServerThatRefusesPlainTCPSaySo(tmp_path, monkeypatch):
+    passwd = tmp_path / "passwd"
+    auth.setPassword(str(passwd), "alice", "secret")
+    (tmp_path / "right").write_text("secret\n")
+    app = await App(auth.portal(str(passwd)), loginDelay=0).start()
+    try:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # piped, and empty
+        status, out, err = await app.cli("--user", "alice", "ls", app.endpoint)
+        assert status == EXIT_USAGE
+        assert "no password for --user alice" in oneLine(err)
+        # The server refuses passwords on plain TCP: its reason is the whole story.
+        status, out, err = await app.cli("--user", "alice", "--password-file",
+                                         str(tmp_path / "right"),
+                                         "--allow-insecure-login", "ls", app.endpoint)
+        assert status == EXIT_CONNECTION
+        assert "needs an encrypted connection" in oneLine(err)
+        assert "check --user" not in err
+    finally:
+        await app.server.stop()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["lss", "tcp:127.0.0.1:1"], "aurora: argument command: invalid choice: 'lss'"),
+    ([], "aurora: the following arguments are required: command"),
+    (["call", "tcp:127.0.0.1:1"],
+     "aurora call: the following arguments are required: interface, method (see"),
+])
+@pytest_twisted.ensureDeferred
+async def test_usageErrorsAreOneLine(argv, words):
+    out, err, code = await aurora(*argv)
+    assert (code, out) == (EXIT_USAGE, b"")
+    assert err.count(b"\n") == 1 and words.encode() in err, err

@@ -338,3 +338,26 @@ def test_aClientRetryingASilentServerSaysSoOncePerInterval():
     dropped = [e for e in events if "dropping the connection" in formatEvent(e)]
     assert len(accepted) >= 5
     assert len(dropped) == 1, [formatEvent(e) for e in dropped]
+
+
+def test_getRegistryWaitsForAServerThatIsNotThereYet():
+    """
+    A service started before its server: getRegistry() keeps retrying a
+    refused endpoint and fires once the server is up, within connectTimeout.
+    """
+    from aurora.testing import MemoryNetwork
+
+    net = MemoryNetwork()
+    client = net.client(address="later", heartbeat=None, connectTimeout=30)
+    try:
+        d = client.getRegistry()
+        net.advance(5)  # refused, again and again
+        assert not d.called and not client.connected
+        registry = Registry()
+        registry.register(IUserManager, UserManager(clock=net.reactor))
+        net.serve(registry, address="later")
+        net.advance(10)  # the next retry, within the backoff
+        remote = net.result(d)
+        assert net.result(remote.interfaces()) == ["tests.app.IUserManager"]
+    finally:
+        net.stop()

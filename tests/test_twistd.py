@@ -234,13 +234,20 @@ async def test_help():
     text = out.decode()
     assert code == 0
     for option in ("--listen", "--setup", "--upstream", "--allow", "--heartbeat",
-                   "--config", "Examples:", "twistd -n registry --upstream"):
+                   "--config", "Examples", "twistd -n --pidfile= registry --upstream",
+                   "referenceLimit=100000 \\\n"):
         assert option in text
 
 
 @pytest.mark.parametrize("args, words", [
     (["--listen", "bogus:1"], "bad --listen endpoint 'bogus:1'"),
     (["--upstream", "nonsense:x"], "bad --upstream endpoint"),
+    (["--listen", "tcp:8797:interfac=127.0.0.1"],
+     "it has no option 'interfac'; a server endpoint looks like tcp:8789:"),
+    (["--listen", "8797"], "; a server endpoint looks like tcp:8789:"),
+    (["--upstream", "127.0.0.1:8795"], "; a client endpoint looks like tcp:HOST:8789"),
+    (["--listen", f"ssl:0:privateKey={os.path.join(ROOT, 'README.md')}"],
+     "cannot read its key or certificate"),
     (["--setup", "no_such_module_here:f"], "cannot import no_such_module_here"),
     (["--setup", "tests.twistd_setup:missing"], "has no callable 'missing'"),
     (["--setup", "tests.twistd_setup"], "must be MODULE:CALLABLE"),
