@@ -739,7 +739,7 @@ def _benchmark() -> None:
 
     stock = Stock()
     stock.connectionMade()
-    stock._selectDialect(b"pb")
+    stock.currentDialect = b"pb"  # what choosing the dialect sets
     sink = BytesIO()
     # sendEncoded only calls transport.write.
     stock.transport = sink  # type: ignore[assignment]

@@ -29,6 +29,7 @@ from twisted.spread.flavors import RemoteCacheObserver
 
 from aurora import _banana, _plain, _types
 from aurora._limits import MIB, DecodingPool, Limits
+from aurora._pbcompat import PBBroker, canWriteDirectly, writeNow
 from aurora._quiet import LogLimiter
 from aurora._version import __version__
 from aurora.errors import Error, IncompatibleVersion, LimitExceeded, SerializationError, _safeText
@@ -136,7 +137,7 @@ def _describeUnsendable(e: Exception) -> str:
     )
 
 
-class Broker(pb.Broker):
+class Broker(PBBroker):
     """
     A PB broker whose failures reach the caller as aurora errors.
 
@@ -188,8 +189,7 @@ class Broker(pb.Broker):
             self._gotExpression, onRefused=self._onRefused, onSkipped=self._onSkipped)
         self.setLimits(factory.limits, loggedIn=factory.loggedIn)
         self.transport.registerProducer(self.flow, True)
-        self._direct = isinstance(self.transport, tcp.Connection) and \
-            hasattr(self.transport, "_tempDataBuffer")
+        self._direct = canWriteDirectly(self.transport)
         # Each message is written as soon as it is made (see _write): with
         # Nagle's algorithm a second small message would wait for the ACK of
         # the first, which the peer delays by up to 40 ms.
@@ -302,20 +302,13 @@ class Broker(pb.Broker):
             # bound: a peer that does not read would make it grow forever).
             flow.queue(data)
             return
-        # Twisted's write only buffers: the bytes go out on the next reactor
-        # turn, after two epoll_ctl calls to watch for writability.  When
-        # nothing is queued before them, send them now; what the kernel does
-        # not take is queued as usual, so the order of bytes is kept.
-        t = self.transport
-        if self._direct and t.connected and not t.disconnecting and \
-                not getattr(t, "_aborting", False) and \
-                not t._tempDataBuffer and len(t.dataBuffer) == t.offset:
-            sent = t.writeSomeData(data)
-            if isinstance(sent, int):
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        t.write(data)
+        # Sent now when nothing waits ahead of it (see writeNow); what the
+        # kernel does not take is queued as usual.
+        if self._direct:
+            data = writeNow(self.transport, data)
+            if not data:
+                return
+        self.transport.write(data)
 
     def sendUpdate(self, cacheable: Any, update: bytes) -> bool:
         """
@@ -496,7 +489,7 @@ class Broker(pb.Broker):
         kind, requestID = head[0], head[1]
         if kind in (b"message", b"cachemessage"):
             if head[4]:
-                self._sendError(error, requestID)
+                self.writeError(error, requestID)
         else:
             d = self.waitingForAnswers.pop(requestID, None)
             if d is not None:
@@ -551,9 +544,9 @@ class Broker(pb.Broker):
 
     # -- calls from the peer: validated, counted, answered
 
-    def _recvMessage(self, findObjMethod: Callable[[Any], Any], requestID: Any,
-                     objectID: Any, message: Any, answerRequired: Any,
-                     netArgs: Any, netKw: Any) -> None:
+    def receiveMessage(self, findObjMethod: Callable[[Any], Any], requestID: Any,
+                       objectID: Any, message: Any, answerRequired: Any,
+                       netArgs: Any, netKw: Any) -> None:
         # Stock PB logs a traceback for fields it cannot use (an unhashable
         # id, a message name that is not UTF-8) and keeps going; here each
         # is one rate-limited line, and a call is answered when it can be.
@@ -570,7 +563,7 @@ class Broker(pb.Broker):
                 self._warnPeer("a call to an object this side does not have",
                                f"id {objectID!r:.40}")
             if answerRequired:
-                self._sendError(pb.CopyableFailure(pb.Error("Invalid Object ID")),
+                self.writeError(pb.CopyableFailure(pb.Error("Invalid Object ID")),
                                 requestID)
             return
         try:
@@ -579,7 +572,7 @@ class Broker(pb.Broker):
             result = obj.remoteMessageReceived(self, name, netArgs, netKw)
         except pb.Error as e:
             if answerRequired:
-                self._sendError(e if isinstance(e, jelly.Jellyable)
+                self.writeError(e if isinstance(e, jelly.Jellyable)
                                 else pb.CopyableFailure(e), requestID)
             return
         except Exception:
@@ -590,7 +583,7 @@ class Broker(pb.Broker):
                 ("dispatch", failure.type), "dispatching a call from {peer} failed",
                 failure, peer=self.peer)
             if answerRequired:
-                self._sendError(pb.CopyableFailure(pb.Error(
+                self.writeError(pb.CopyableFailure(pb.Error(
                     f"the call failed on the far side ({qual(type(failure.value))})")),
                     requestID)
             return
@@ -599,9 +592,9 @@ class Broker(pb.Broker):
                 result.addErrback(self._unanswered)
             return
         if not isinstance(result, defer.Deferred):
-            self._sendAnswer(result, requestID)
+            self.writeAnswer(result, requestID)
             return
-        result.addCallbacks(self._sendAnswer, self._sendFailureOrError,
+        result.addCallbacks(self.writeAnswer, self.writeFailureOrError,
                             callbackArgs=(requestID,), errbackArgs=(requestID,))
         if not result.called:
             self._callsInProgress += 1
@@ -756,12 +749,12 @@ class Broker(pb.Broker):
         self._lastTxn = txn
         return result
 
-    def _sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
+    def writeMessage(self, prefix: bytes, perspective: Any, objectID: Any,
                      message: bytes, args: Any, kw: Any) -> Any:
         txn: list[tuple[str, Any, Any, bool]] = []
         self._txn = txn
         try:
-            result = super()._sendMessage(prefix, perspective, objectID, message,
+            result = super().writeMessage(prefix, perspective, objectID, message,
                                           args, kw)
         except banana.BananaError as e:
             # Raised while encoding, after the answer Deferred was registered
@@ -776,13 +769,13 @@ class Broker(pb.Broker):
             self._undo(txn)  # the keywords failed after the arguments went in
         return result
 
-    def _sendAnswer(self, netResult: Any, requestID: int) -> None:
+    def writeAnswer(self, netResult: Any, requestID: int) -> None:
         try:
-            super()._sendAnswer(netResult, requestID)
+            super().writeAnswer(netResult, requestID)
         except banana.BananaError as e:
             # Stock PB lets this escape dataReceived and drops the connection.
             self._undo(self._lastTxn)
-            self._sendError(_unencodable(e), requestID)
+            self.writeError(_unencodable(e), requestID)
 
     def unserialize(self, sexp: Any, perspective: Any = None) -> Any:
         try:

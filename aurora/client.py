@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import ISSLTransport, IStreamClientEndpoint
@@ -22,6 +22,7 @@ from zope.interface import implementer, provider
 
 from aurora import _types, _wire, signals
 from aurora._limits import Limits
+from aurora._pbcompat import protocolOf, quietClientService
 from aurora.errors import (
     ConnectionFailed,
     ConnectionLost,
@@ -66,9 +67,7 @@ def _withoutRetryLines(event: LogEvent) -> None:
         globalLogPublisher(event)
 
 
-class _ClientService(ClientService):
-    # ClientService hands its class logger to its state machine.
-    _log = Logger(observer=_withoutRetryLines)
+_ClientService = quietClientService(_withoutRetryLines)
 
 
 _MAX_REASONS = 10
@@ -263,7 +262,7 @@ class Client:
         # handshake runs.  ClientService cannot take a connection that drops
         # or fails while it is still preparing (NoTransition); once Connected,
         # a drop is an ordinary disconnect and it retries with backoff.
-        defer.ensureDeferred(self._connect(proto._protocol))
+        defer.ensureDeferred(self._connect(protocolOf(proto)))
 
     async def _connect(self, broker: Any) -> None:
         self._broker = broker

@@ -26,6 +26,7 @@ from twisted.persisted.crefutil import NotKnown
 from aurora import _schema, signals
 from aurora._quiet import LogLimiter
 from aurora._types import Declared
+from aurora._pbcompat import CachedLocally
 from aurora._plain import NotPlain, unjellyPlain
 from aurora._wire import REF_ATOM, sharedUpdate
 from aurora.errors import (
@@ -501,7 +502,7 @@ def _nothing() -> None:
     return None
 
 
-class Subscription:
+class Subscription(CachedLocally):
     """
     The client end of one Model observed over one connection.
 
@@ -530,8 +531,8 @@ class Subscription:
         # A weak reference to the face, or _nothing once detached.
         self.face: Callable[[], Model | None] = weakref.ref(face, self._faceGone)
 
-    def _borgify(self) -> Any:
-        # PB's "cached" unjellier calls this when the origin sends a model
+    def receivedAgain(self) -> Any:
+        # PB's "cached" unjellier asks for this when the origin sends a model
         # this connection mirrors already.
         face = self.face()
         if face is None:
