@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 import sys
-from functools import lru_cache
-from typing import Any, cast
+import weakref
+from typing import Any, Callable, cast
 
 from twisted.spread import pb
 from zope.interface import Interface, implementedBy, providedBy
@@ -40,39 +40,28 @@ def interfaceName(iface: Any) -> str:
     )
 
 
-class _ById:
+def _cached(obj: Any, attribute: str, compute: Callable[[], Any]) -> Any:
     """
-    A cache key for an interface by identity.  Interfaces compare and hash
-    by name, so a cache keyed by the interface itself would answer for an
-    interface learned again from an upgraded server with the methods of the
-    one it replaced.
+    C{compute()}, kept on C{obj} itself: the cache lives and dies with the
+    interface, declaration or method it describes, so nothing here pins
+    what a server described (a global cache would, up to its size), and an
+    interface learned again from an upgraded server, which compares equal
+    to the old one by name, gets answers of its own.
     """
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ById) and other.obj is self.obj
+    value = obj.__dict__.get(attribute)
+    if value is None:
+        value = compute()
+        setattr(obj, attribute, value)
+    return value
 
 
 def methodsOf(iface: InterfaceClass) -> dict[str, Method]:
     """The public methods of C{iface}, inherited ones included."""
-    return _methodsOf(_ById(iface))
-
-
-# The caches hold their keys, so an id is never reused while cached.
-@lru_cache(maxsize=4096)
-def _methodsOf(key: _ById) -> dict[str, Method]:
-    return {
+    return cast("dict[str, Method]", _cached(iface, "_auroraMethods", lambda: {
         name: cast(Method, desc)
-        for name, desc in key.obj.namesAndDescriptions(all=True)
+        for name, desc in iface.namesAndDescriptions(all=True)
         if IMethod.providedBy(desc) and not name.startswith("_")
-    }
+    }))
 
 
 # PB's own interfaces (IJellyable's jellyFor, ...) are plumbing, never offered.
@@ -88,7 +77,18 @@ def provide(obj: Any, *ifaces: InterfaceClass) -> None:
     interfaces compare by name, so an interface learned again from an upgraded
     server would otherwise go on being served with the one it replaced.
     """
-    obj.__provides__ = ProvidesClass(type(obj), *ifaces)
+    key = (type(obj), *(id(i) for i in ifaces))
+    spec = _declarations.get(key)
+    if spec is None:
+        # Shared by every object of that class providing these very
+        # interfaces (the spec holds them, so their ids stay theirs): one
+        # table of exposed methods for ten thousand wrappers, not ten thousand.
+        spec = _declarations[key] = ProvidesClass(type(obj), *ifaces)
+    obj.__provides__ = spec
+
+
+_declarations: weakref.WeakValueDictionary[tuple[Any, ...], Any] = \
+    weakref.WeakValueDictionary()
 
 
 def offeredInterfaces(obj: Any) -> list[InterfaceClass]:
@@ -98,26 +98,31 @@ def offeredInterfaces(obj: Any) -> list[InterfaceClass]:
 
 def exposedMethods(obj: Any) -> dict[str, tuple[InterfaceClass, Method]]:
     """Every method of every interface C{obj} offers, with its interface."""
-    return _exposedForSpec(_ById(providedBy(obj)))
+    spec = providedBy(obj)
 
+    def compute() -> dict[str, tuple[InterfaceClass, Method]]:
+        exposed: dict[str, tuple[InterfaceClass, Method]] = {}
+        for iface in spec.flattened():
+            if iface in _PLUMBING:
+                continue
+            for name, method in methodsOf(iface).items():
+                exposed.setdefault(name, (iface, method))
+        return exposed
 
-@lru_cache(maxsize=1024)
-def _exposedForSpec(key: _ById) -> dict[str, tuple[InterfaceClass, Method]]:
-    exposed: dict[str, tuple[InterfaceClass, Method]] = {}
-    for iface in key.obj.flattened():
-        if iface in _PLUMBING:
-            continue
-        for name, method in methodsOf(iface).items():
-            exposed.setdefault(name, (iface, method))
-    return exposed
+    return cast("dict[str, tuple[InterfaceClass, Method]]",
+                _cached(spec, "_auroraExposed", compute))
 
 
 _MISSING = inspect.Parameter.empty
 
 
-@lru_cache(maxsize=4096)
 def signatureOf(method: Method) -> inspect.Signature:
     """An C{inspect.Signature} equivalent to a zope method's declaration."""
+    return cast(inspect.Signature, _cached(method, "_auroraSignature",
+                                           lambda: _signature(method)))
+
+
+def _signature(method: Method) -> inspect.Signature:
     info = method.getSignatureInfo()
     params = []
     for name in info["positional"]:
@@ -136,10 +141,12 @@ def signatureOf(method: Method) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-@lru_cache(maxsize=4096)
 def _arity(method: Method) -> tuple[int, int | None]:
-    info = method.getSignatureInfo()
-    return len(info["required"]), None if info["varargs"] else len(info["positional"])
+    def compute() -> tuple[int, int | None]:
+        info = method.getSignatureInfo()
+        return len(info["required"]), None if info["varargs"] else len(info["positional"])
+
+    return cast("tuple[int, int | None]", _cached(method, "_auroraArity", compute))
 
 
 def checkArguments(

@@ -86,7 +86,17 @@ def _unescape(key: str) -> str:
     return key[1:] if key.startswith("$$") else key
 
 
-def toJSON(value: Any) -> Any:
+class TooLargeForJSON(ValueError):
+    """A value whose JSON form would exceed L{MAX_JSON_VALUES} values."""
+
+
+MAX_JSON_VALUES = 1_000_000
+"""The most values C{toJSON} writes out: jelly's shared references let a
+few hundred bytes on the wire stand for a value that, written out in full,
+is exponentially large (C{x = [x, x]}, forty deep)."""
+
+
+def toJSON(value: Any, *, _left: list[int] | None = None) -> Any:
     """
     The JSON form of anything that can arrive: a copy, model or error as
     C{{"$type": name, field: ...}}, bytes as C{{"$bytes": base64}}, a
@@ -94,19 +104,27 @@ def toJSON(value: Any) -> Any:
     with C{$} with one C{$} more.  Tuples and sets become lists, dates and
     times ISO strings, a Decimal a string, a dict key that is not a string
     its C{str}: those do not come back as themselves through L{fromJSON}.
+
+    @raise TooLargeForJSON: past L{MAX_JSON_VALUES} values.
     """
+    left = [MAX_JSON_VALUES] if _left is None else _left
+    left[0] -= 1
+    if left[0] < 0:
+        raise TooLargeForJSON(
+            f"the value written out as JSON has more than {MAX_JSON_VALUES:,} values "
+            "(shared parts are written out in full each time they occur): not printed")
     if isinstance(value, Declared):  # Copyable, Model, Error, opaque or not
         form = {"$type": value.typeName}
-        form.update((_escape(k), toJSON(v)) for k, v in value._state().items())
+        form.update((_escape(k), toJSON(v, _left=left)) for k, v in value._state().items())
         return form
     if isinstance(value, Wrapper):
         return {"$manager": list(value._names)}
     if isinstance(value, bytes):
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, dict):
-        return {_escape(str(k)): toJSON(v) for k, v in value.items()}
+        return {_escape(str(k)): toJSON(v, _left=left) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [toJSON(v) for v in value]
+        return [toJSON(v, _left=left) for v in value]
     if isinstance(value, datetime.timedelta):
         return str(value)
     if isinstance(value, (datetime.date, datetime.time)):
@@ -184,10 +202,13 @@ def _copy(name: Any, fields: dict[str, Any], types: Mapping[str, Mapping[str, An
 # Epytext inline markup, innermost first: C{x}, L{x}, L{text <target>}, I{x}...
 _MARKUP = re.compile(r"\b([A-Z])\{([^{}]*)\}")
 # A field line: "@param name: text", "@return: text", "@raise Error: text".
-_FIELD = re.compile(r"^(\s*)@(\w+)(?:[ \t]+([^:\n]+))?:", re.MULTILINE)
+_FIELD = re.compile(r"^([ \t]*)@(\w+)(?:[ \t]+([^:\n]+))?:", re.MULTILINE)
 _FIELD_WORDS = {"return": "returns", "returns": "returns", "raise": "raises",
                 "raises": "raises", "param": "", "ivar": "", "type": "type of",
                 "rtype": "return type"}
+
+
+_MAX_NESTING = 8
 
 
 def plainText(doc: str) -> str:
@@ -203,14 +224,20 @@ def plainText(doc: str) -> str:
         label = " ".join(filter(None, (word, m.group(3))))
         return f"{m.group(1)}{label}:"
 
-    # Each pass removes the innermost markup: at most as many passes as
-    # nesting levels, and no text is longer than its own length in them.
-    for _ in range(len(doc)):
+    # Each pass removes the innermost markup; a docstring comes from the
+    # server, so the passes are few whatever its nesting (what is left of
+    # deeper markup is shown as it is).
+    for _ in range(_MAX_NESTING):
         plain = _MARKUP.sub(inline, doc)
         if plain == doc:
             break
         doc = plain
     return _FIELD.sub(field, doc)
+
+
+def _say(err: TextIO, problem: Any) -> None:
+    """The one line of a failure: what the server said is in it, made safe."""
+    err.write(f"aurora: {errors._safeText(problem, 2000)}\n")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -286,7 +313,7 @@ def _passwd(args: argparse.Namespace, err: TextIO) -> int:
     try:
         auth.setPassword(args.file, args.user, password, interfaces)
     except (OSError, ValueError) as e:
-        err.write(f"aurora: {e}\n")
+        _say(err, e)
         return EXIT_OTHER
     return EXIT_OK
 
@@ -317,6 +344,9 @@ def _parseArgs(raw: list[str]) -> list[Any]:
     for text in raw:
         try:
             forms.append(json.loads(text))
+        except RecursionError:
+            raise _Failed(EXIT_USAGE, f"argument {errors._safeText(text, 40)!r}...: "
+                                      "nested too deeply") from None
         except json.JSONDecodeError as e:
             hint = ""
             if text and text[0] not in '"[{-0123456789':
@@ -433,13 +463,17 @@ async def _ls(registry: Any, out: TextIO) -> None:
     for name in await registry.interfaces():
         manager = await registry.getManager(name)
         iface = _schema.findInterface(manager, name)
-        out.write(f"{name}\n")
+        # Every word here is the server's: one line each, no terminal escapes.
+        out.write(f"{errors._safeText(name, 200)}\n")
         if iface is None:
             continue
         for method, desc in sorted(_schema.methodsOf(iface).items()):
-            doc = plainText((desc.getDoc() or "").strip()).splitlines()
-            first = f"  {doc[0].strip()}" if doc else ""
-            out.write(f"  {method}{desc.getSignatureString()}{first}\n")
+            # Only the first line is shown: only it is read (a server's
+            # docstring may be megabytes).
+            doc = (desc.getDoc() or "").strip()[:2000].split("\n", 1)[0]
+            first = plainText(doc).strip()
+            line = f"{method}{desc.getSignatureString()}" + (f"  {first}" if first else "")
+            out.write(f"  {errors._safeText(line, 1000)}\n")
 
 
 async def _call(registry: Any, args: argparse.Namespace, values: list[Any]) -> Any:
@@ -511,12 +545,12 @@ async def run(reactor: Any, argv: list[str], out: TextIO | None = None,
             args.user.encode("utf-8"), _password(args))
         forms = _parseArgs(getattr(args, "args", []))
     except _Failed as e:
-        err.write(f"aurora: {e}\n")
+        _say(err, e)
         return e.status
     try:
         endpoint = _FailFast(clientFromString(reactor, args.endpoint), args.endpoint)
     except Exception as e:
-        err.write(f"aurora: {_badEndpoint(args.endpoint, e)}\n")
+        _say(err, _badEndpoint(args.endpoint, e))
         return EXIT_USAGE
     client = Client(endpoint, credentials, connectTimeout=args.timeout,
                     callTimeout=args.timeout, opaque=True,
@@ -539,7 +573,7 @@ async def run(reactor: Any, argv: list[str], out: TextIO | None = None,
             await _watch(client, registry, args, values, out, err)
         return EXIT_OK
     except _Failed as e:
-        err.write(f"aurora: {e}\n")
+        _say(err, e)
         return e.status
     except BrokenPipeError:
         # The reader went away (| head): quiet, as other tools are.  What is
@@ -550,7 +584,7 @@ async def run(reactor: Any, argv: list[str], out: TextIO | None = None,
     except defer.CancelledError:
         return EXIT_OK  # interrupted: main() chooses the status
     except errors.LoginFailed as e:
-        err.write(f"aurora: {_loginRefused(e, args, endpoint)}\n")
+        _say(err, _loginRefused(e, args, endpoint))
         return EXIT_CONNECTION
     except Exception as e:
         # An application error the CLI has no class for still has its name.
@@ -563,7 +597,7 @@ async def run(reactor: Any, argv: list[str], out: TextIO | None = None,
                 out.write(json.dumps(toJSON(e)) + "\n")
             except BrokenPipeError:
                 pass  # the one line on stderr still says it
-        err.write(f"aurora: {label}: {e}\n")
+        _say(err, f"{label}: {e}")
         return status
     finally:
         await client.stop()

@@ -31,6 +31,7 @@ from aurora.errors import (
     LoginFailed,
     OpaqueError,
     StaleReference,
+    _safeText,
 )
 from aurora.interfaces import IRegistryService, IRegistryView
 from aurora.remote import Registry, Tracker, Wrapper, locate, wrap
@@ -416,6 +417,8 @@ class Client:
         """
         if self._stopped is not None:
             return  # stopping cancels the attempt under way: not news
+        # It may hold what the server sent: one line, bounded, no escapes.
+        why = _safeText(why, 300)
         self._problem = why
         self._failedAttempts += 1
         waiters, self._failureWaiters = self._failureWaiters, []
@@ -510,7 +513,7 @@ class Client:
     def _giveUp(self, failure: Failure) -> None:
         self._fatal = failure
         self.log.error("giving up on {endpoint}: {why}", endpoint=self._description,
-                       why=failure.getErrorMessage())
+                       why=_safeText(failure.getErrorMessage(), 300))
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(failure)

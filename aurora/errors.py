@@ -45,15 +45,21 @@ def _withoutAddress(text: str) -> str:
 def _safeText(text: Any, limit: int = _MAX_TEXT) -> str:
     """
     C{text} (an exception's message, a peer's words) fit for a message: one
-    line, no memory address, at most C{limit} characters.
+    line, no control characters, no memory address, at most C{limit}
+    characters.
     """
     if not isinstance(text, str):
         try:
             text = str(text)
         except Exception:
             text = f"<{qual(type(text))} that cannot be shown>"
+    if len(text) > 4 * limit:
+        text = text[:4 * limit]  # what could be shown, not a peer's megabytes
     if not text.isprintable():  # line breaks among others
         text = " ".join(filter(None, (line.strip() for line in text.splitlines())))
+        # Terminal escapes and the like: a peer's words must not drive the
+        # operator's terminal or forge log lines.
+        text = "".join(c if c.isprintable() else "?" for c in text)
     text = _withoutAddress(text)
     if len(text) > limit:
         text = text[:limit - 3] + "..."

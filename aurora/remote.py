@@ -88,8 +88,13 @@ def learnInterface(description: dict[str, Any], settings: Any) -> None:
     name = description["name"]
     if learned is None or _registered.get(name) or _schema.importedInterface(name):
         return
-    if name in learned or len(learned) < _MAX_LEARNED:
-        learned[name] = _schema.synthesize(description)
+    known = learned.get(name)
+    if known is not None and known.__dict__.get("_auroraDescription") == description:
+        return  # described again, unchanged (each new connection does)
+    if known is not None or len(learned) < _MAX_LEARNED:
+        iface = _schema.synthesize(description)
+        setattr(iface, "_auroraDescription", description)  # kept with what it describes
+        learned[name] = iface
 
 
 def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,

@@ -22,6 +22,7 @@ from aurora._limits import MIB, DecodingPool, Limits
 from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
 from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, _safeRepr, _safeText
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
+from aurora.registry import Registry as LocalRegistry
 from aurora.remote import wrap
 from aurora.remoteable import Manager
 
@@ -102,10 +103,15 @@ class RegistryView(Manager):
             manager = await self._registry.getManager(name)
         except UnknownInterface:
             # Exactly what an interface that does not exist gets; what this
-            # identity may use is no secret to it.
+            # identity may use is no secret to it.  Listed only when known at
+            # once (a local registry): a relay would have to ask its upstream,
+            # which may be silent or gone, and the answer is "no" either way.
+            listing = ""
+            if isinstance(self._registry, LocalRegistry):
+                listing = f"; {_offering(await self.interfaces())}"
             raise UnknownInterface(
-                f"no manager is registered under {name}; "
-                f"{_offering(await self.interfaces())}", interface=name) from None
+                f"no manager is registered under {_safeText(name, 200)}{listing}",
+                interface=name) from None
         iface = _schema.findInterface(manager, name)
         if iface is None:
             return manager

@@ -80,6 +80,9 @@ def _badEndpoint(option: str, endpoint: str, e: Exception) -> str:
     return f"bad {option} endpoint {endpoint!r}: {why}; {_FORMS[option]}"
 
 
+_LEAST_SECONDS = 0.01
+
+
 def _positive(kind: type, option: str) -> Callable[[str], Any]:
     """
     An option's coercion: a number of C{kind} over 0, or one line and a
@@ -95,6 +98,9 @@ def _positive(kind: type, option: str) -> Callable[[str], Any]:
                   f"not {value!r}")
         if number <= 0:
             _fail(f"{option} must be more than 0, not {value}")
+        if kind is float and number < _LEAST_SECONDS:
+            # 1e-300 is more than 0, and a timer that fires at once, forever.
+            _fail(f"{option} must be at least {_LEAST_SECONDS} (seconds), not {value}")
         return number
 
     coerce.coerceDoc = "More than 0."  # type: ignore[attr-defined]

@@ -406,8 +406,9 @@ class MemoryNetwork:
             raise NotFired(
                 f"{value!r} has not fired and nothing is left to deliver at "
                 f"{self.reactor.seconds()} s: does it wait for time to pass "
-                "(MemoryNetwork.advance) or for the network to come back "
-                "(MemoryNetwork.reconnect)?")
+                "(MemoryNetwork.advance), for the network to come back "
+                "(MemoryNetwork.reconnect), or for a thread (a password login's "
+                "hashing, deferToThread, adbapi: nothing runs in threads here)?")
         if isinstance(outcome[0], Failure):
             outcome[0].raiseException()
         return outcome[0]

@@ -27,7 +27,9 @@ from aurora.cli import (
     EXIT_REMOTE,
     EXIT_UNKNOWN,
     EXIT_USAGE,
+    MAX_JSON_VALUES,
     JSONFormError,
+    TooLargeForJSON,
     fromJSON,
     plainText,
     run,
@@ -490,3 +492,36 @@ async def test_usageErrorsAreOneLine(argv, words):
     out, err, code = await aurora(*argv)
     assert (code, out) == (EXIT_USAGE, b"")
     assert err.count(b"\n") == 1 and words.encode() in err, err
+
+
+def test_markupPassesAreBoundedWhateverTheNesting():
+    """A server's docstring cannot make `ls` spend time quadratic in its nesting."""
+    assert plainText("C{" * 3 + "x" + "}" * 3) == "x"
+    assert plainText("C{" * 10 + "x" + "}" * 10) == "C{C{x}}"  # 8 levels removed
+    assert plainText("\n" * 10_000 + "@param x: y") == "\n" * 10_000 + "x: y"
+
+
+def test_sharedReferencesCannotExplodeTheJSON():
+    """x = [x, x], forty deep: a few hundred bytes on the wire, 2**40 values written out."""
+    value: list = ["leaf"]
+    for _ in range(40):
+        value = [value, value]
+    with pytest.raises(TooLargeForJSON, match=f"more than {MAX_JSON_VALUES:,} values"):
+        toJSON(value)
+    assert toJSON([[1, 2]] * 3) == [[1, 2]] * 3  # shared, and small: written out
+
+
+@pytest_twisted.ensureDeferred
+async def test_theServersWordsReachTheTerminalAsOneSafeLine(app, monkeypatch):
+    def fail(kind):
+        raise NotAllowed("line one\n\x1b]0;owned\x07\x1b[2Jfake: all is well\n" * 100,
+                         who="x")
+
+    monkeypatch.setattr(app.manager, "fail", fail)
+    status, out, err = await app.cli("call", app.endpoint, "tests.app.IUserManager",
+                                     "fail", '"x"')
+    assert status == EXIT_REMOTE
+    assert "\x1b" not in oneLine(err) and "\x07" not in err and len(err) < 2100
+    status, out, err = await app.cli("call", app.endpoint, "tests.app.IUserManager",
+                                     "echo", "[" * 100_000)
+    assert status == EXIT_USAGE and "nested too deeply" in oneLine(err)

@@ -442,6 +442,8 @@ def test_safeText():
     assert errors._safeText("<f.G object at 0x7f3a2c1d9e50> at 0x1F") == \
         "<f.G object> at 0x1F"  # a byte offset is not an address
     assert len(errors._safeText("y" * 5000)) == errors._MAX_TEXT
+    # A peer's words must not drive a terminal or forge a log line.
+    assert errors._safeText("ok\x1b[2J\x07done\nforged") == "ok?[2J?done forged"
 
     class Unprintable(Exception):
         def __str__(self):

@@ -48,6 +48,10 @@ def _definedByAurora() -> set[str]:
                 names.add(node.arg)
             elif isinstance(node, ast.alias):
                 names.add((node.asname or node.name).split(".")[-1])
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                    node.func.id == "setattr" and len(node.args) >= 2 and \
+                    isinstance(node.args[1], ast.Constant):
+                names.add(str(node.args[1].value))
     return {n for n in names if _private(n)}
 
 

@@ -361,3 +361,46 @@ def test_getRegistryWaitsForAServerThatIsNotThereYet():
         assert net.result(remote.interfaces()) == ["tests.app.IUserManager"]
     finally:
         net.stop()
+
+
+def test_wrappersOfOneInterfaceShareOneMethodTable():
+    """
+    Ten thousand wrappers of one interface hold one table of its methods,
+    not ten thousand; an interface described again, unchanged, is kept; and
+    nothing is pinned once the interface is gone.
+    """
+    import gc
+    import types
+    import weakref
+
+    from zope.interface import providedBy
+
+    from aurora import _schema
+    from aurora.remote import Wrapper, learnInterface
+
+    settings = types.SimpleNamespace(learned={}, callTimeout=None, tracker=None)
+    description = _schema.describe(_service(*(f"m{i}" for i in range(100))))
+    learnInterface(description, settings)
+    first = settings.learned["upgraded.app.IService"]
+    learnInterface(dict(description), settings)  # each connection describes it again
+    assert settings.learned["upgraded.app.IService"] is first
+    wrappers = [Wrapper(None, ("upgraded.app.IService",), settings) for _ in range(3)]
+    assert providedBy(wrappers[0]) is providedBy(wrappers[2])
+    assert _schema.exposedMethods(wrappers[0]) is _schema.exposedMethods(wrappers[2])
+    assert len(_schema.exposedMethods(wrappers[0])) == 100
+    changed = dict(description, methods={"other": description["methods"]["m0"]})
+    learnInterface(changed, settings)
+    assert settings.learned["upgraded.app.IService"] is not first
+    gone = weakref.ref(first)
+    del first, wrappers
+    gc.collect()
+    assert gone() is None  # no cache of aurora's keeps it
+
+
+@pytest_twisted.ensureDeferred
+async def test_anUnknownNameIsEchoedBoundedOnOneLine(served):
+    with pytest.raises(errors.UnknownInterface) as e:
+        await served.remote.getManager("a.I\n\x1b]0;owned\x07" * 3000)
+    text = str(e.value)
+    assert "\n" not in text and "\x1b" not in text and len(text) < 400, text
+    assert text.endswith("offered: tests.app.IUserManager")

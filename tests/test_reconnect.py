@@ -463,3 +463,21 @@ def test_reasonsLoggedPerOutageAreBounded():
     finally:
         globalLogPublisher.removeObserver(events.append)
         client.stop()
+
+
+def test_aReasonIsOneBoundedLineWhateverThePeerSent():
+    """What a server sent may be in the reason: one line, no escapes, bounded."""
+    clock = task.Clock()
+    endpoint = ScriptedEndpoint(None)
+    endpoint.outcomes = [error.ConnectError("x\n\x1b[2Jforged line\n" * 50_000)]
+    client = Client(endpoint, heartbeat=None, reconnectDelay=1, maxReconnectDelay=1,
+                    clock=clock)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client.start()
+        [line] = _clientLines(events)
+        assert "\n" not in line and "\x1b" not in line and len(line) < 400, line
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        client.stop()

@@ -270,6 +270,9 @@ async def test_help():
      "--heartbeat must be a number, not 'x'"),
     (["--heartbeat=-1", "--upstream", "tcp:127.0.0.1:1"],
      "--heartbeat must be more than 0, not -1"),
+    (["--heartbeat=1e-300", "--upstream", "tcp:127.0.0.1:1"],
+     "--heartbeat must be at least 0.01 (seconds), not 1e-300"),
+    (["--limit", "maxLag=1e-300"], "maxLag must be at least 0.01 (seconds)"),
     (["--max-connections", "many"], "--max-connections must be a whole number"),
     (["--login-timeout", "0"], "--login-timeout must be more than 0"),
 ])
