@@ -14,7 +14,7 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' aurora/_version.py)
 # resolve) fails `make docs`, and so `make test`.
 DOCSFLAGS ?= -W
 
-.PHONY: demo test typecheck docs bench install clean
+.PHONY: demo test test-oldest typecheck docs bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ docs: $(VENV)/.docs
 test: install $(VENV)/.testdeps typecheck docs
 	$(BIN)/python -m pytest
 
+# The suite again on the oldest supported Twisted (.ci/oldest.txt), in a
+# virtualenv of its own: the type check and the docs do not depend on it.
+OLDEST ?= .venv-oldest
+test-oldest:
+	PIP_CONSTRAINT=$(CURDIR)/.ci/oldest.txt $(MAKE) install $(OLDEST)/.testdeps VENV=$(OLDEST)
+	$(OLDEST)/bin/python -c "import twisted; print('Twisted', twisted.__version__)"
+	$(OLDEST)/bin/python -m pytest
+
 $(VENV)/.bench: $(VENV)/.deps
 	$(BIN)/python -m pip install --quiet '.[bench]'
 	touch $@
@@ -62,4 +70,4 @@ bench: install $(VENV)/.bench
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info docs/api .mypy_cache
+	rm -rf $(VENV) $(OLDEST) build *.egg-info docs/api .mypy_cache
