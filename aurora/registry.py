@@ -4,7 +4,8 @@ The local registry: managers registered under zope interfaces.
 
 from __future__ import annotations
 
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from twisted.internet import defer
 from twisted.python.reflect import qual
@@ -77,6 +78,15 @@ class Registry:
             raise UnknownInterface(
                 f"no manager is registered under {name}", interface=name
             ) from None
+
+    def managers(self) -> Mapping[str, Any]:
+        """
+        What is registered: dotted interface name to manager, in the order
+        registered.  A read-only view (it follows later registrations); for a
+        service that runs them (C{twistd registry} starts and stops managers
+        that provide C{IService}) or a relay that serves some of its own.
+        """
+        return MappingProxyType(self._managers)
 
     def getManager(self, iface: Any) -> defer.Deferred:
         return defer.maybeDeferred(self.lookup, iface)

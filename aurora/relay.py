@@ -65,7 +65,7 @@ class CompositeRegistry:
         however a client got it (the server asks this of every manager that
         crosses, not only of L{getManager}).
         """
-        return name in self.local._managers or self._allowed(name)
+        return name in self.local.managers() or self._allowed(name)
 
     async def _started(self) -> None:
         # Just after the relay starts, its first attempt to reach upstream
@@ -87,7 +87,7 @@ class CompositeRegistry:
 
     async def _getManager(self, iface: Any) -> Any:
         name = _schema.interfaceName(iface)
-        if name in self.local._managers:
+        if name in self.local.managers():
             return await self.local.getManager(name)
         if self._allowed(name):
             await self._started()
@@ -108,7 +108,7 @@ class CompositeRegistry:
         return _types.advertised()
 
     def __repr__(self) -> str:
-        return (f"<aurora.relay.CompositeRegistry local={sorted(self.local._managers)} "
+        return (f"<aurora.relay.CompositeRegistry local={sorted(self.local.managers())} "
                 f"allow={sorted(self.allow) if self.allow is not None else 'all'}>")
 
 
@@ -173,7 +173,7 @@ class Relay:
             offered = await self.client.registry.interfaces()
         except (ConnectionLost, defer.TimeoutError):
             return  # lost again at once: the next connection says it
-        local = set(self.registry.local._managers)
+        local = set(self.registry.local.managers())
         relayed = sorted(local | {n for n in offered if self.registry._allowed(n)})
         missing = sorted(set(self.registry.allow or ()) - set(offered) - local)
         if (relayed, missing) == self._said:

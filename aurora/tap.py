@@ -401,7 +401,7 @@ class RegistryService(service.Service):
                 self.ports.append(await self.server.listen(endpoint))
             except Exception as e:
                 raise _StartError(f"cannot listen on {endpoint}: {e}")
-        local = sorted(self.local._managers)
+        local = sorted(self.local.managers())
         if self.relay is None:
             self.log.info("registry ready: {interfaces}", interfaces=local)
         elif not self.relay.client.connected:
@@ -414,7 +414,7 @@ class RegistryService(service.Service):
 
     def _lifecycleManagers(self) -> list[service.IService]:
         seen: list[Any] = []
-        for manager in self.local._managers.values():
+        for manager in self.local.managers().values():
             if service.IService.providedBy(manager) and manager not in seen:
                 seen.append(manager)
         return seen

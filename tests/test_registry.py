@@ -98,3 +98,17 @@ def test_publicNamesAreImportableFromAurora():
     assert aurora.referenceError is remote.referenceError
     assert set(aurora.__all__) >= {"Relay", "Wrapper", "noReplay", "referenceError",
                                    "registerWrapper", "registerMirror"}
+
+
+def test_managersIsAReadOnlyViewInRegistrationOrder():
+    registry = Registry()
+    users = UserManager()
+    registry.register(IUserManager, users)
+    view = registry.managers()
+    registry.register(IAdmin, users.admin)
+    assert list(view.items()) == [("tests.app.IUserManager", users),
+                                  ("tests.app.IAdmin", users.admin)]
+    with pytest.raises(TypeError):
+        view["tests.app.IAdmin"] = None  # type: ignore[index]
+    registry.unregister(IAdmin)
+    assert list(view) == ["tests.app.IUserManager"]
