@@ -404,3 +404,13 @@ async def test_anUnknownNameIsEchoedBoundedOnOneLine(served):
     text = str(e.value)
     assert "\n" not in text and "\x1b" not in text and len(text) < 400, text
     assert text.endswith("offered: tests.app.IUserManager")
+
+
+def test_anUnknownInterfaceListsAtMostTwentyNames():
+    from aurora.server import _offering
+
+    names = [f"app.I{i:02}" for i in range(25)]
+    text = _offering(names)
+    assert text.startswith("offered: app.I00, ") and "app.I19" in text
+    assert "app.I20" not in text and text.endswith(" and 5 more")
+    assert _offering([]) == "none is offered to you"
