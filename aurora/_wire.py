@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import socket as _socket
-from collections import deque
 from typing import Any, Callable
 
 from twisted.internet import defer, tcp
@@ -26,11 +25,15 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
 from twisted.spread.flavors import RemoteCacheObserver
+from zope.interface import implementer
 
 from aurora import _banana, _plain, _types
+from aurora._flow import Flow
+from aurora._heartbeat import Watchdog
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora._pbcompat import PBBroker, canWriteDirectly, writeNow
 from aurora._quiet import LogLimiter
+from aurora._seams import IConnection
 from aurora._version import __version__
 from aurora.errors import Error, IncompatibleVersion, LimitExceeded, SerializationError, _safeText
 
@@ -137,6 +140,7 @@ def _describeUnsendable(e: Exception) -> str:
     )
 
 
+@implementer(IConnection)
 class Broker(PBBroker):
     """
     A PB broker whose failures reach the caller as aurora errors.
@@ -163,7 +167,7 @@ class Broker(PBBroker):
     referenceLimit = limits.referenceLimit
     flow: Flow | None = None
     _socket: Any = None  # the TCP connection under any TLS
-    _messageSince: float | None = None  # when the message under way began
+    messageSince: float | None = None  # when the message under way began
     _refusal: _banana.Refusal | None = None  # of the message being skipped
     _firstBytes = b""
     _whyLost: str | None = None  # why the connection never became ready
@@ -413,7 +417,7 @@ class Broker(PBBroker):
         """
         Decode C{chunk} (and what was kept while reading was paused), then
         charge what the message under way holds to the shared pool and note
-        when it began (see L{_Watchdog}'s message timeout).
+        when it began (see L{aurora._heartbeat.Watchdog}'s message timeout).
         """
         decoder = self._decoder
         outermost = _Cork.pending is None
@@ -439,10 +443,10 @@ class Broker(PBBroker):
                 _Cork.flush()
         # While paused, what is kept may be whole messages not yet read.
         if decoder.messageBytes and not decoder.stopped and not decoder.paused:
-            if self._messageSince is None:
-                self._messageSince = self.factory.clock.seconds()
+            if self.messageSince is None:
+                self.messageSince = self.factory.clock.seconds()
         else:
-            self._messageSince = None
+            self.messageSince = None
 
     def _refuse(self, what: str) -> None:
         """Drop the peer for C{what} it sent: one warning, no traceback."""
@@ -715,11 +719,11 @@ class Broker(PBBroker):
         Abort the connection once nothing has arrived for C{timeout} seconds;
         with C{ping}, call it every C{interval} seconds to provoke an answer
         (with C{quiet}, only once the peer has been silent that long).  See
-        L{_Watchdog}.
+        L{aurora._heartbeat.Watchdog}.
         """
         if self._watch is not None:
             self._watch.stop()
-        self._watch = _Watchdog(self, self.factory.clock, timeout, interval, ping,
+        self._watch = Watchdog(self, self.factory.clock, timeout, interval, ping,
                                 quiet=quiet, messageTimeout=messageTimeout)
         self._watch.start()
 
@@ -970,206 +974,6 @@ def _answerable(head: list[Any]) -> bool:
     if head[0] in (b"message", b"cachemessage"):
         return len(head) >= 5 and type(head[4]) is int
     return head[0] in (b"answer", b"error")
-
-
-class _Watchdog:
-    """
-    Declares a connection dead when it has been silent too long.
-
-    A closed socket is noticed by TCP; a silent partition (packets dropped, no
-    RST) is not, so the client pings and both sides watch what arrives.  One
-    self-rescheduling timer serves both: it wakes at the next ping or at the
-    silence deadline, whichever is first, so nothing is paid per packet.
-
-    Silence is judged fairly: bytes already waiting in the socket (this
-    process was too busy to read them) are read first, and while this side
-    has stopped reading the peer (backpressure), the peer is not silent.
-
-    @param interval: with C{ping}, how often to call it; with C{quiet}, how
-        long the peer may be silent before C{ping} is called (once per
-        silence: the server's idle probe).
-    @param messageTimeout: the longest a message may take to arrive whole
-        (a peer trickling a message to hold the connection), or None.
-    """
-
-    def __init__(self, broker: Broker, clock: Any, timeout: float,
-                 interval: float | None, ping: Callable[[], Any] | None, *,
-                 quiet: bool = False, messageTimeout: float | None = None) -> None:
-        self.broker = broker
-        self.clock = clock
-        self.timeout = timeout
-        self.interval = interval
-        self.ping = ping
-        self.quiet = quiet
-        self.messageTimeout = messageTimeout
-        self.lastPing = float("-inf") if quiet else clock.seconds()
-        self.timer: Any = None
-
-    def start(self) -> None:
-        self._schedule(self.clock.seconds())
-
-    def stop(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-    def _schedule(self, now: float, delay: float | None = None) -> None:
-        if delay is None:
-            last = self.broker.lastReceived
-            wake = last + self.timeout
-            if self.ping is not None and self.interval:
-                if not self.quiet:
-                    wake = min(wake, self.lastPing + self.interval)
-                elif self.lastPing <= last:  # not probed since it last spoke
-                    wake = min(wake, last + self.interval)
-            since = self.broker._messageSince
-            if self.messageTimeout is not None and since is not None:
-                wake = min(wake, since + self.messageTimeout)
-            delay = max(0.0, wake - now)
-        self.timer = self.clock.callLater(delay, self._tick)
-
-    def _drop(self, why: str, **kw: Any) -> None:
-        broker = self.broker
-        # Keyed by address: a client retrying a silent server says so once
-        # per log interval, not at every attempt.
-        broker.peerLog.warn(("silent", broker.peer), why + "; dropping the connection",
-                            peer=broker.peer, **kw)
-        broker.transport.abortConnection()
-
-    def _tick(self) -> None:
-        self.timer = None
-        broker = self.broker
-        now = self.clock.seconds()
-        if broker.readingPaused:
-            # Backpressure: this side is not reading, so silence proves nothing.
-            self._schedule(now, self.timeout)
-            return
-        since = broker._messageSince
-        if self.messageTimeout is not None and since is not None and \
-                now - since >= self.messageTimeout - 1e-9:
-            self._drop("{peer} took over {seconds} s to send one message",
-                       seconds=self.messageTimeout)
-            return
-        silent = now - broker.lastReceived
-        if silent >= self.timeout - 1e-9:
-            if broker.hasUnread():
-                # This process was busy, not the peer silent: read first.
-                self._schedule(now, 0.0)
-                return
-            self._drop("nothing from {peer} for {silent:.1f} s", silent=silent)
-            return
-        if self.ping is not None and self.interval:
-            due = (silent >= self.interval - 1e-9 and self.lastPing <= broker.lastReceived) \
-                if self.quiet else now - self.lastPing >= self.interval - 1e-9
-            if due:
-                self.lastPing = now
-                self.ping()
-        self._schedule(now)
-
-
-class Flow:
-    """
-    Paces what is written to one connection.
-
-    Registered as the transport's streaming producer.  While the peer does
-    not read fast enough (the transport's buffer is full), nothing more is
-    handed to the transport: answers and errors wait here in order, counted
-    in bytes, and model updates are kept one per model and field, the
-    latest value winning.  Past C{maxOutboundBytes} waiting, the broker
-    stops reading the peer's requests (TCP pushes back on it).  Everything
-    goes out when the buffer drains.  A peer that stays behind longer than
-    C{maxLag} seconds, or with more than C{maxPending} model fields
-    waiting, is disconnected (and resyncs when it reconnects, like any
-    client).
-    """
-
-    def __init__(self, broker: Broker, clock: Any, maxPending: int = 10_000,
-                 maxLag: float = 30.0) -> None:
-        self.broker = broker
-        self.clock = clock
-        self.maxPending = maxPending
-        self.maxLag = maxLag
-        self.paused = False
-        self.since = 0.0
-        self.timer: Any = None
-        self.pending: dict[tuple[Any, str], tuple[Any, Any]] = {}
-        self.outbox: deque[bytes] = deque()
-        self.queued = 0  # bytes in outbox
-
-    def pauseProducing(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.since = self.clock.seconds()
-            # A peer that does not read for maxLag is dropped, whatever is
-            # waiting for it.  Reading from it is not paused here: TLS pauses
-            # this producer during its own handshake (see queue).
-            self.timer = self.clock.callLater(self.maxLag, self._tooSlow)
-
-    def _tooSlow(self) -> None:
-        self.timer = None
-        self.broker.peerLog.warn(
-            ("slow", id(self)), "{peer} has not read for {lag} s ({queued} bytes "
-            "waiting for it); disconnecting it",
-            peer=self.broker.peer, lag=self.maxLag, queued=self.queued)
-        self._clear()
-        self.broker.transport.abortConnection()
-
-    def queue(self, data: bytes) -> None:
-        """Keep C{data} for the peer until the transport takes more."""
-        self.outbox.append(data)
-        self.queued += len(data)
-        if self.queued > self.broker.limits.maxOutboundBytes:
-            self.broker.pauseReading("outbound")
-
-    def resumeProducing(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        self.paused = False
-        outbox, transport = self.outbox, self.broker.transport
-        while outbox and not self.paused:
-            data = outbox.popleft()
-            self.queued -= len(data)
-            transport.write(data)  # may pause this producer again at once
-        if outbox:
-            return
-        self.broker.resumeReading("outbound")
-        pending, self.pending = self.pending, {}
-        items = iter(pending.items())
-        for (model, name), (observer, value) in items:
-            if self.paused:  # the buffer filled up again: keep the rest
-                self.pending[(model, name)] = (observer, value)
-                self.pending.update(items)
-                break
-            model._send(self.broker, observer, name, value)
-
-    def _clear(self) -> None:
-        self.pending.clear()
-        self.outbox.clear()
-        self.queued = 0
-
-    def stopProducing(self) -> None:
-        self._clear()
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-    def forget(self, model: Any) -> None:
-        """C{model} is no longer observed here: drop what waits for it."""
-        for key in [k for k in self.pending if k[0] is model]:
-            del self.pending[key]
-
-    def hold(self, model: Any, observer: Any, name: str, value: Any) -> None:
-        """Keep C{model.name = value} until the peer catches up."""
-        self.pending[(model, name)] = (observer, value)
-        lag = self.clock.seconds() - self.since
-        if len(self.pending) > self.maxPending or lag > self.maxLag:
-            self.broker.peerLog.warn(
-                ("slow", id(self)),
-                "{peer} is {lag:.1f} s and {n} updates behind; disconnecting it",
-                peer=self.broker.peer, lag=lag, n=len(self.pending))
-            self._clear()
-            self.broker.transport.abortConnection()
 
 
 def _tooManyReferences(limit: int) -> LimitExceeded:

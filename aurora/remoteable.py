@@ -22,11 +22,13 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import pb
 from twisted.persisted.crefutil import NotKnown
+from zope.interface import implementer
 
 from aurora import _schema, signals
 from aurora._quiet import LogLimiter
 from aurora._types import Declared
 from aurora._pbcompat import CachedLocally
+from aurora._seams import IUpdateSource
 from aurora._plain import NotPlain, unjellyPlain
 from aurora._wire import REF_ATOM, sharedUpdate
 from aurora.errors import (
@@ -315,6 +317,7 @@ class Copyable(Declared, pb.Copyable):
         return f"{type(self).__name__}({inner})"
 
 
+@implementer(IUpdateSource)
 class Model(Declared, pb.Cacheable):
     """
     Observable state.
@@ -383,11 +386,12 @@ class Model(Declared, pb.Cacheable):
             if flow is not None and flow.paused:
                 flow.hold(self, observer, name, value)
             elif shared is None:
-                self._send(broker, observer, name, value)
+                self.deliverUpdate(broker, observer, name, value)
             elif not broker.sendUpdate(self, shared):
                 observers.pop(broker, None)
 
-    def _send(self, broker: Any, observer: Any, name: str, value: Any) -> None:
+    def deliverUpdate(self, broker: Any, observer: Any, name: str, value: Any) -> None:
+        """Send C{name = value} to one observer's mirror now (see L{aurora._flow.Flow})."""
         try:
             d = observer.callRemote("update", name, value, pbanswer=False)
         except pb.ProtocolError:  # gone, or no longer cached on that peer

@@ -337,7 +337,7 @@ async def test_tricklingPeerIsDropped(rig):
         raw.broker.transport.write(message[i : i + 1])
         [broker] = list(server._brokers)
         for _ in range(200):
-            if broker._messageSince is not None:
+            if broker.messageSince is not None:
                 break
             await pause()
         clock.advance(1)
@@ -552,7 +552,7 @@ async def test_pipelinerIsProbedNotTakenForATrickler(rig):
         clock.advance(1)
         await pause(0.05)
     assert [await c for c in calls] == [0, 1, 2]
-    assert broker._messageSince is None
+    assert broker.messageSince is None
     for _ in range(2):  # two idle spells, each probed and answered
         before = broker.lastReceived
         clock.advance(10)
