@@ -23,19 +23,18 @@ from zope.interface import implementer, provider
 from aurora import _types, _wire, signals
 from aurora._limits import Limits
 from aurora._pbcompat import protocolOf, quietClientService
+from aurora._resync import Tracker
 from aurora.errors import (
     ConnectionFailed,
-    ConnectionLost,
     Error,
     IncompatibleVersion,
     LoginFailed,
     OpaqueError,
-    StaleReference,
     _safeText,
 )
 from aurora.interfaces import IRegistryService, IRegistryView
-from aurora.remote import Registry, Tracker, Wrapper, locate, wrap
-from aurora.remoteable import Model, OpaqueCopy, OpaqueModel
+from aurora.remote import Registry, Wrapper, wrap
+from aurora.remoteable import OpaqueCopy, OpaqueModel
 
 
 @implementer(IStreamClientEndpoint)
@@ -456,59 +455,7 @@ class Client:
             signals.send(signals.disconnected, self)
 
     async def _resync(self) -> None:
-        """Fetch again what the application holds, parents before children."""
-        groups: dict[Any, list[tuple[Any, tuple]]] = {}
-        for obj in self._tracker.live():
-            origin, path = obj.__dict__["_origin"]
-            groups.setdefault(origin, []).append((obj, path))
-        for origin in sorted(groups, key=lambda o: o.depth()):
-            members = groups[origin]
-            why = origin.parent.__dict__.get("_error")
-            if why is None and not origin.replay:
-                why = StaleReference(
-                    f"{origin!r} is marked noReplay: what it returned cannot "
-                    "be fetched again after a reconnect")
-            if why is not None:
-                self._fail(members, why, final=isinstance(why, StaleReference))
-                continue
-            try:
-                result = await origin.parent._call(
-                    origin.method, origin.args, origin.kw, self._timeoutFor())
-            except ConnectionLost:
-                raise
-            except Error as e:
-                self.log.warn("replaying {origin!r} failed: {error}",
-                              origin=origin, error=e)
-                self._fail(members, e, final=False)
-                continue
-            for obj, path in members:
-                new = locate(result, path, obj)
-                if new is None:
-                    self._fail([(obj, path)], StaleReference(
-                        f"{origin!r} no longer returns a match for {obj!r}"),
-                        final=True)
-                elif isinstance(obj, Model) and new is not obj and \
-                        new.__dict__.get("_origin") is not None:
-                    # The application holds two mirrors of one model (it
-                    # fetched it again while this one was failing); the
-                    # other follows it now, and one face per model is the
-                    # rule that keeps `changed` senders unambiguous.
-                    self._fail([(obj, path)], StaleReference(
-                        f"{obj!r} is a second mirror of the model that {new!r} "
-                        "follows; use that one"), final=True)
-                elif new is not obj:
-                    obj._rebind(new)
-
-    def _fail(self, members: list[tuple[Any, tuple]], error: Error,
-              final: bool) -> None:
-        for obj, _ in members:
-            obj.__dict__["_error"] = error
-            if final:
-                self._tracker.forget(obj)
-            if isinstance(obj, Model):
-                link = obj.__dict__.get("_link")
-                if link is not None:
-                    link.detach()
+        await self._tracker.resync(self._timeoutFor(), self.log)
 
     def _giveUp(self, failure: Failure) -> None:
         self._fatal = failure

@@ -36,7 +36,7 @@ from aurora.errors import (
     _safeText,
 )
 from aurora.interfaces import IRegistry
-from aurora.remoteable import Manager, Model
+from aurora.remoteable import Manager
 
 _wrapperClasses: dict[str, type[Wrapper]] = {}
 _registered: dict[str, InterfaceClass] = {}
@@ -282,120 +282,6 @@ def _translate(failure: Failure, ref: Any, where: str) -> Failure:
                         remoteType=remoteType)
         )
     return failure
-
-
-class Origin:
-    """The call that produced a result: how to get its objects again."""
-
-    def __init__(self, parent: Wrapper, method: str, args: tuple,
-                 kw: dict[str, Any], replay: bool) -> None:
-        self.parent = parent
-        self.method = method
-        self.args = args
-        self.kw = kw
-        self.replay = replay
-
-    def depth(self) -> int:
-        """Parents are resynced before their children: the root has depth 0."""
-        depth, parent = 1, self.parent
-        while parent._origin is not None and depth < 64:
-            depth += 1
-            parent = parent._origin[0].parent
-        return depth
-
-    def __repr__(self) -> str:
-        # Named in StaleReference messages: the arguments shortened, without
-        # addresses.
-        return f"<{self.parent!r}.{self.method}{_safeRepr(self.args)}>"
-
-
-_MAX_WALK = 10_000  # objects looked at per result; a bigger result is not walked
-
-
-def _walk(value: Any, path: tuple = ()) -> Any:
-    """Yield (wrapper or mirror, path) for what is inside a call's result."""
-    stack = [(value, path)]
-    seen = 0
-    while stack and seen < _MAX_WALK:
-        value, path = stack.pop()
-        seen += 1
-        if isinstance(value, Wrapper):
-            yield value, path
-        elif isinstance(value, Model):
-            if value._link is not None:
-                yield value, path
-        elif isinstance(value, (list, tuple)):
-            stack.extend((v, path + (i,)) for i, v in enumerate(value))
-        elif isinstance(value, dict):
-            stack.extend((v, path + (k,)) for k, v in value.items()
-                         if isinstance(k, (str, bytes, int, float, bool)))
-
-
-def locate(result: Any, path: tuple, old: Any) -> Any:
-    """
-    Find in a replayed C{result} the counterpart of C{old}, which was at
-    C{path} in the original result.  Dict entries match by key; list entries
-    by position, or for a Model that declares C{keyField}, by that field.
-    """
-    value = result
-    for i, step in enumerate(path):
-        last = i == len(path) - 1
-        if isinstance(value, dict):
-            value = value.get(step)
-        elif isinstance(value, (list, tuple)):
-            key = getattr(old, "keyField", None)
-            if key is not None and isinstance(old, Model) and last:
-                wanted = old.__dict__.get(key)
-                matches = [v for v in value if type(v) is type(old)
-                           and v.typeName == old.typeName
-                           and v.__dict__.get(key) == wanted]
-                value = matches[0] if matches else None
-            else:
-                value = value[step] if isinstance(step, int) and step < len(value) \
-                    else None
-        else:
-            return None
-    if isinstance(old, Wrapper):
-        return value if isinstance(value, Wrapper) else None
-    if type(value) is not type(old) or value.typeName != old.typeName:
-        return None
-    return value
-
-
-class Tracker:
-    """
-    The wrappers and mirrors a client has handed out, each with the call that
-    produced it, so a reconnect can fetch them again.  Held weakly: what the
-    application drops is forgotten.
-    """
-
-    def __init__(self) -> None:
-        self._live: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    def record(self, result: Any, parent: Wrapper, method: str, args: tuple,
-               kw: dict[str, Any]) -> Any:
-        if isinstance(result, (str, bytes, int, float, type(None))):
-            return result
-        origin: Origin | None = None
-        for obj, path in _walk(result):
-            if obj.__dict__.get("_origin") is not None or obj is parent:
-                continue  # the first way to an object is the one replayed
-            if origin is None:
-                origin = Origin(parent, method, args, kw, _replayable(parent, method))
-            obj.__dict__["_origin"] = (origin, path)
-            self._live.add(obj)
-        return result
-
-    def live(self) -> list[Any]:
-        return list(self._live)
-
-    def forget(self, obj: Any) -> None:
-        self._live.discard(obj)
-
-
-def _replayable(parent: Wrapper, method: str) -> bool:
-    entry = parent._exposed().get(method)
-    return entry is None or not entry[1].queryTaggedValue("noReplay", False)
 
 
 @implementer(IRegistry)

@@ -17,7 +17,8 @@ from twisted.spread import pb
 
 from aurora import Client, Registry, Server, _wire, errors, signals
 from aurora.relay import Relay
-from aurora.remote import locate, referenceError, wrap
+from aurora._resync import locate
+from aurora.remote import referenceError, wrap
 from tests.app import IUserManager, UserManager, UserModel
 from tests.helpers import SignalLog, fillUntilPaused
 
