@@ -21,7 +21,8 @@ from twisted.spread import jelly
 from aurora import Client, Copyable, Registry, Server, _wire, errors
 from aurora._quiet import LogLimiter
 from aurora._types import Declared
-from aurora.remote import Origin, Wrapper, registerWrapper
+from aurora._resync import Origin
+from aurora.remote import Wrapper, registerWrapper
 from aurora.remoteable import _toRemoteError
 from tests.app import IAdmin, IUserManager, UserManager
 
