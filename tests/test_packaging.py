@@ -46,3 +46,20 @@ def test_commandAndPlugins() -> None:
     # twisted.plugins is Twisted's namespace: aurora must not shadow it.
     assert "twisted/plugins/__init__.py" not in installed
     assert "twisted/__init__.py" not in installed
+
+
+def test_whatTheTLSRecipeLeavesIsIgnoredByGit() -> None:
+    """The README says so: the recipe's key, certificate and trust/ stay out of git."""
+    import os
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(root, ".git")):
+        import pytest
+
+        pytest.skip("not a git checkout")
+    paths = ["examples/key.pem", "examples/cert.pem", "examples/trust/cert.pem"]
+    done = subprocess.run(["git", "check-ignore", *paths], cwd=root,
+                          capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == paths
