@@ -7,6 +7,7 @@ one per scenario and repetition and reads one line of JSON from it.
     python benchmarks/_measure.py clients --target aurora:PORT --connections N
     python benchmarks/_measure.py scale   --target aurora:PORT --count N
     python benchmarks/_measure.py reconnect --restarts N --partitions N
+    python benchmarks/_measure.py cpu     --target NAME=KIND:PORT --pid PID ... --count N
 
 KIND is rawpb (a stock PB root) or aurora (an aurora server or relay).  Every
 loop here is bounded in both time and count.
@@ -39,6 +40,14 @@ from benchmarks._serve import raiseFileLimit  # noqa: E402
 now = time.perf_counter
 WARMUP = 200
 MAX_CALLS = 200_000
+
+
+def cpuSeconds(pid: int) -> float:
+    """The CPU time (user and system) process C{pid} has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name, field 2, may hold spaces: count after its ")".
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
@@ -409,8 +418,27 @@ async def reconnect(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def cpu(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The CPU time the server processes (C{--pid}) spend per sequential echo
+    call of one target: steadier than calls/s on a busy machine, since
+    waiting for a CPU costs none.  The clock ticks in 10 ms, so C{--count}
+    calls must take well over that.
+    """
+    target = Target(args.target[0])
+    call = await target.connect()
+    echo = lambda: call("echo", 1)  # noqa: E731
+    await warm(echo)
+    before = {pid: cpuSeconds(pid) for pid in args.pid}
+    result = await Sequential(echo, 600.0, maxCalls=args.count).run()
+    result["cpu_us"] = {str(pid): (cpuSeconds(pid) - t) / result["calls"] * 1e6
+                        for pid, t in before.items()}
+    await target.close()
+    return result
+
+
 SCENARIOS = {"calls": calls, "fanout": fanout, "clients": clients, "scale": scale,
-             "reconnect": reconnect}
+             "reconnect": reconnect, "cpu": cpu}
 
 
 def options(argv: list[str]) -> argparse.Namespace:
@@ -429,6 +457,7 @@ def options(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--restarts", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=5)
     parser.add_argument("--heartbeat", type=float, default=0.5)
+    parser.add_argument("--pid", type=int, action="append", default=[])
     return parser.parse_args(argv)
 
 

@@ -32,6 +32,7 @@ class Servers:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.pids: dict[int, int] = {}  # port -> the pid of the process serving it
 
     def start(self, *argv: str, script: str = "_serve.py") -> int | None:
         # A file, not a pipe, for what servers log: nobody reads it while
@@ -47,7 +48,9 @@ class Servers:
                 return None  # an optional peer that is not installed
             errors.seek(0)
             raise RuntimeError(f"{argv} did not start: {errors.read()[-2000:]}")
-        return int(line.split()[2])
+        port = int(line.split()[2])
+        self.pids[port] = proc.pid
+        return port
 
     def stopAll(self) -> None:
         for proc in self.procs:
@@ -107,8 +110,30 @@ def calls(servers: Servers, o: argparse.Namespace, out: dict[str, Any]) -> None:
             result["seq"][name] = measure(
                 "seq", *peerArgv, "--port", str(port), "--seconds", str(o.seconds),
                 "--max-calls", "200000", script="_peers.py")
+        result["cpu"] = serverCPU(servers, o, raw, origin, ports[1])
         rounds.append(result)
     out["calls"] = rounds
+
+
+def serverCPU(servers: Servers, o: argparse.Namespace, raw: int, origin: int,
+              relay: int) -> dict[str, Any]:
+    """
+    3b: CPU microseconds per sequential echo call in each server process:
+    stock PB's, aurora's, and a relay's own (the origin behind it apart).
+    """
+    count = str(500 if o.quick else 5000)
+    out: dict[str, Any] = {}
+    for name, kind, port, pids in (
+            ("raw PB", "rawpb", raw, [raw]), ("aurora", "aurora", origin, [origin]),
+            ("aurora, 1 relay", "aurora", relay, [relay, origin])):
+        argv = ["cpu", "--target", f"{name}={kind}:{port}", "--count", count]
+        for p in pids:
+            argv += ["--pid", str(servers.pids[p])]
+        result = measure(*argv)
+        us = [result["cpu_us"][str(servers.pids[p])] for p in pids]
+        out[name] = {"server_us": us[0], "origin_us": us[1] if len(us) > 1 else None,
+                     "per_s": result["per_s"]}
+    return out
 
 
 def fanout(servers: Servers, o: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -205,6 +230,16 @@ def reportCalls(rounds: list[dict], rep: Report) -> None:
         rep.line(f"    {a} -> {b}: {fmt(hop, 2)}x")
     rep.target("each relay hop adds <= 1.2x a raw PB round trip",
                f"worst hop {worst:.2f}x", worst <= 1.2)
+
+    if "cpu" in rounds[0]:
+        rep.line("  server CPU per call (us, user+system from /proc; waiting for a CPU costs none):")
+        for name in rounds[0]["cpu"]:
+            us = spread([r["cpu"][name]["server_us"] for r in rounds])
+            ratio = spread([r["cpu"][name]["server_us"] / r["cpu"]["raw PB"]["server_us"]
+                            for r in rounds])
+            what = "the relay itself" if "relay" in name else "the server"
+            rep.line(f"    {name:20s} {what:18s} {fmt(us):>18s} us   "
+                     f"{fmt(ratio, 2)}x raw PB")
 
     rep.line()
     rep.line("2. Pipelined echo: 100 calls in flight")
