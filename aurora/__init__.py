@@ -13,12 +13,14 @@ Modules whose names start with an underscore are internal.
 """
 
 from aurora import errors, signals
+from aurora._copyable import Copyable
+from aurora._manager import Manager
+from aurora._model import Model
 from aurora._version import __version__
 from aurora.client import Client
 from aurora.registry import Registry
 from aurora.relay import Relay
 from aurora.remote import Wrapper, noReplay, referenceError, registerMirror, registerWrapper
-from aurora.remoteable import Copyable, Manager, Model
 from aurora.server import Server
 
 __all__ = [

@@ -11,9 +11,9 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from aurora._model import Model
 from aurora.errors import ConnectionLost, Error, StaleReference, _safeRepr
 from aurora.remote import Wrapper
-from aurora.remoteable import Model
 
 
 class Origin:

@@ -51,10 +51,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aurora import _schema, auth, errors, signals
+from aurora._copyable import OpaqueCopy
+from aurora._model import Model
 from aurora._types import Declared
 from aurora.client import Client
 from aurora.remote import Wrapper
-from aurora.remoteable import Model, OpaqueCopy
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_CONNECTION, EXIT_UNKNOWN, EXIT_ARGUMENTS, \
     EXIT_REMOTE, EXIT_NOT_A_MODEL = 0, 1, 2, 3, 4, 5, 6, 7

@@ -21,7 +21,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
 from aurora import _types, _wire, signals
+from aurora._copyable import OpaqueCopy
 from aurora._limits import Limits
+from aurora._model import OpaqueModel
 from aurora._pbcompat import protocolOf, quietClientService
 from aurora._resync import Tracker
 from aurora.errors import (
@@ -34,7 +36,6 @@ from aurora.errors import (
 )
 from aurora.interfaces import IRegistryService, IRegistryView
 from aurora.remote import Registry, Wrapper, wrap
-from aurora.remoteable import OpaqueCopy, OpaqueModel
 
 
 @implementer(IStreamClientEndpoint)

@@ -26,6 +26,7 @@ from zope.interface.interface import InterfaceClass
 from zope.interface.interfaces import IInterface
 
 from aurora import _schema, _types
+from aurora._manager import Manager
 from aurora.errors import (
     ConnectionLost,
     Error,
@@ -36,7 +37,6 @@ from aurora.errors import (
     _safeText,
 )
 from aurora.interfaces import IRegistry
-from aurora.remoteable import Manager
 
 _wrapperClasses: dict[str, type[Wrapper]] = {}
 _registered: dict[str, InterfaceClass] = {}

@@ -19,12 +19,12 @@ from typing import Mapping
 
 from aurora import _schema, _types, _wire
 from aurora._limits import MIB, DecodingPool, Limits
+from aurora._manager import Manager
 from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
 from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, _safeRepr, _safeText
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.registry import Registry as LocalRegistry
 from aurora.remote import wrap
-from aurora.remoteable import Manager
 
 
 @implementer(IRegistryService)

@@ -19,11 +19,11 @@ from twisted.python.failure import Failure
 from twisted.spread import jelly
 
 from aurora import Client, Copyable, Registry, Server, _wire, errors
+from aurora._manager import _toRemoteError
 from aurora._quiet import LogLimiter
 from aurora._types import Declared
 from aurora._resync import Origin
 from aurora.remote import Wrapper, registerWrapper
-from aurora.remoteable import _toRemoteError
 from tests.app import IAdmin, IUserManager, UserManager
 
 SECRET = "connect to postgres://app:hunter2@db.internal/prod failed"
