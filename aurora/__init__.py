@@ -17,10 +17,10 @@ from aurora._copyable import Copyable
 from aurora._manager import Manager
 from aurora._model import Model
 from aurora._version import __version__
+from aurora._wrapper import Wrapper, noReplay, referenceError, registerMirror, registerWrapper
 from aurora.client import Client
 from aurora.registry import Registry
 from aurora.relay import Relay
-from aurora.remote import Wrapper, noReplay, referenceError, registerMirror, registerWrapper
 from aurora.server import Server
 
 __all__ = [

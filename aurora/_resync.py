@@ -12,8 +12,8 @@ from typing import Any
 from twisted.logger import Logger
 
 from aurora._model import Model
+from aurora._wrapper import Wrapper
 from aurora.errors import ConnectionLost, Error, StaleReference, _safeRepr
-from aurora.remote import Wrapper
 
 
 class Origin:

@@ -54,8 +54,8 @@ from aurora import _schema, auth, errors, signals
 from aurora._copyable import OpaqueCopy
 from aurora._model import Model
 from aurora._types import Declared
+from aurora._wrapper import Wrapper
 from aurora.client import Client
-from aurora.remote import Wrapper
 
 EXIT_OK, EXIT_OTHER, EXIT_USAGE, EXIT_CONNECTION, EXIT_UNKNOWN, EXIT_ARGUMENTS, \
     EXIT_REMOTE, EXIT_NOT_A_MODEL = 0, 1, 2, 3, 4, 5, 6, 7

@@ -26,6 +26,7 @@ from aurora._limits import Limits
 from aurora._model import OpaqueModel
 from aurora._pbcompat import protocolOf, quietClientService
 from aurora._resync import Tracker
+from aurora._wrapper import Wrapper, wrap
 from aurora.errors import (
     ConnectionFailed,
     Error,
@@ -35,7 +36,7 @@ from aurora.errors import (
     _safeText,
 )
 from aurora.interfaces import IRegistryService, IRegistryView
-from aurora.remote import Registry, Wrapper, wrap
+from aurora.remote import Registry
 
 
 @implementer(IStreamClientEndpoint)

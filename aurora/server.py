@@ -20,11 +20,11 @@ from typing import Mapping
 from aurora import _schema, _types, _wire
 from aurora._limits import MIB, DecodingPool, Limits
 from aurora._manager import Manager
+from aurora._wrapper import wrap
 from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
 from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, _safeRepr, _safeText
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.registry import Registry as LocalRegistry
-from aurora.remote import wrap
 
 
 @implementer(IRegistryService)

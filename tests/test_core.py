@@ -109,9 +109,9 @@ async def test_registeredWrapperAnswersLocally(served):
         assert admin.localOnly() == "local"
         assert await admin.ping() == "pong"
     finally:
-        from aurora import remote
+        from aurora import _wrapper
 
-        del remote._wrapperClasses["tests.app.IAdmin"]
+        del _wrapper._wrapperClasses["tests.app.IAdmin"]
 
 
 # -- copies
