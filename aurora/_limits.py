@@ -17,6 +17,12 @@ from aurora._banana import Refusal
 
 MIB = 1024 * 1024
 
+MAX_MESSAGE_BYTES = 16 * MIB
+"""The largest message (one top-level banana expression) a peer may send."""
+
+MAX_DEPTH = 100
+"""The deepest nesting of lists in one message (unjelly recurses)."""
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -41,9 +47,9 @@ class Limits:
         requests, and drops the peer after C{maxLag} seconds of not reading.
     """
 
-    maxMessageBytes: int = 16 * MIB
+    maxMessageBytes: int = MAX_MESSAGE_BYTES
     maxMessageItems: int = 2_000_000
-    maxDepth: int = 100
+    maxDepth: int = MAX_DEPTH
     referenceLimit: int = 1024
     maxPendingCalls: int = 1000
     maxOutboundBytes: int = 16 * MIB

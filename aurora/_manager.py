@@ -27,7 +27,7 @@ from twisted.persisted.crefutil import NotKnown
 from aurora import _schema
 from aurora._quiet import LogLimiter
 from aurora._plain import NotPlain, unjellyPlain
-from aurora._wire import REF_ATOM
+from aurora._jelly import REF_ATOM
 from aurora.errors import (
     Error,
     NoSuchMethod,

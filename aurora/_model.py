@@ -22,7 +22,7 @@ from aurora._manager import _text, _unserializeCall
 from aurora._pbcompat import CachedLocally
 from aurora._seams import IUpdateSource
 from aurora._types import Declared
-from aurora._wire import sharedUpdate
+from aurora._jelly import sharedUpdate
 from aurora.errors import NoSuchMethod, ReadOnlyMirror, _safeRepr
 
 # The namespace these lines were always logged under (aurora.remoteable).

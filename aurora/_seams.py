@@ -1,8 +1,9 @@
 """
 Interfaces between aurora's own layers (the public ones are in
-L{aurora.interfaces}): what the pacing and liveness of a connection need
-from it, and what they hand held model updates back to.  Lower modules
-talk to these, never to the classes above them.
+L{aurora.interfaces}): what the pacing, liveness and write batching of a
+connection need from it, what they hand held model updates back to, and
+what a connection asks of the server about its peer.  Lower modules talk to
+these, never to the classes above them.
 """
 
 from __future__ import annotations
@@ -37,3 +38,24 @@ class IUpdateSource(Interface):
     def deliverUpdate(connection: IConnection, observer: object, name: str,
                       value: object) -> None:
         """Send C{name = value} to C{observer}, the peer's mirror, now."""
+
+
+class ICorked(Interface):
+    """A connection whose writes a L{aurora._cork.Cork} holds."""
+
+    def sendHeld(data: bytes) -> None:
+        """
+        Send C{data}, what was held for this connection, now.  Never raises:
+        a failure is logged, and the other connections' writes still go.
+        """
+
+
+class IAccess(Interface):
+    """
+    What one connection's peer may use, as the server decides it (its
+    identity once logged in, a relay's allow-list); held by the connection
+    from the start, updated by the server at login.
+    """
+
+    def mayUse(interfaceName: str) -> bool:
+        """Whether the peer may use managers under C{interfaceName}."""

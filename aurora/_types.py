@@ -5,7 +5,7 @@ Copyables, Models and Errors declare ``fields``; defining such a class
 declares it here under its type name (its module and qualified name,
 C{myapp.models.Order.Line} for a nested class, unless the class sets
 ``typeName``).  Only declared type names are accepted from a peer
-(``_wire.Security`` asks this table), and only declared fields travel.
+(``_jelly.Security`` asks this table), and only declared fields travel.
 
 A receiving process may register a *mirror* class for a type name: a local
 subclass that is built instead of the declared class (to add client-side

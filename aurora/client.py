@@ -20,7 +20,9 @@ from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
-from aurora import _types, _wire, signals
+from aurora import _handshake, _types, signals
+from aurora._broker import ClientFactory
+from aurora._cork import Cork
 from aurora._copyable import OpaqueCopy
 from aurora._limits import Limits
 from aurora._model import OpaqueModel
@@ -85,6 +87,12 @@ def retryPolicy(initialDelay: float, maxDelay: float) -> Callable[[int], float]:
                            jitter=lambda: random.uniform(0, initialDelay))
     # ClientService numbers the first retry 1; backoffPolicy grows from 0.
     return lambda attempt: policy(attempt - 1)
+
+
+def _whyLost(broker: Any) -> str | None:
+    """Why C{broker}'s connection was lost, for the log; None while it is not."""
+    reason = broker.lostReason
+    return reason.getErrorMessage() if reason is not None else None
 
 
 class Client:
@@ -165,9 +173,10 @@ class Client:
         self._referenceLimit = referenceLimit
         self._opaque = opaque
         self._tracker = Tracker()
-        self.factory = _wire.ClientFactory(
+        self.factory = ClientFactory(
             wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker,
-            limits=Limits(referenceLimit=referenceLimit or Limits.referenceLimit))
+            limits=Limits(referenceLimit=referenceLimit or Limits.referenceLimit),
+            cork=Cork.forReactor(reactor))
         self.factory.noisy = False  # not "Starting factory" at every attempt
         self._policy = retryPolicy(reconnectDelay, maxReconnectDelay)
         self._service = _ClientService(
@@ -194,7 +203,6 @@ class Client:
         self._failedAttempts = 0  # since the connection was last up
         self._failureWaiters: list[defer.Deferred] = []
         self._said: set[str] = set()  # the problems logged since it was last up
-        self._whyLost: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -268,15 +276,6 @@ class Client:
 
     async def _connect(self, broker: Any) -> None:
         self._broker = broker
-        self._whyLost = None
-        lost = broker.connectionLost
-
-        def connectionLost(reason: Failure) -> None:
-            # Kept for the "lost the connection" line (PB's callbacks get no reason).
-            self._whyLost = reason.getErrorMessage()
-            lost(reason)
-
-        broker.connectionLost = connectionLost
         broker.notifyOnDisconnect(self._lost)
         if self._timeout:
             broker.watch(self._timeout, self._heartbeat, self._ping)
@@ -290,12 +289,10 @@ class Client:
                 self._timeoutFor() or 30.0, self._clock)
             self._stage = "connected, but the aurora handshake did not finish"
             self._root._rebind(Wrapper(rootRef, (), self.factory))
-            peer = dict(_wire.versionInfo(), timeout=self._timeout,
+            peer = dict(_handshake.versionInfo(), timeout=self._timeout,
                         referenceLimit=self._referenceLimit)
             server = await self._root._call("hello", (peer,), {}, self._timeoutFor())
-            _wire.checkVersion(server, "server")
-            if self._referenceLimit:
-                broker.referenceLimit = self._referenceLimit
+            _handshake.checkVersion(server, "server")
             creds = self._credentials
             if creds is not None and not self._allowInsecureLogin and \
                     not ISSLTransport.providedBy(broker.transport):
@@ -329,7 +326,7 @@ class Client:
                 broker.close()
             return
         if broker.disconnected:  # just after its resync
-            self._attemptFailed(f"connected, but the connection was lost: {self._whyLost}")
+            self._attemptFailed(f"connected, but the connection was lost: {_whyLost(broker)}")
             return
         self._problem = self._stage = None
         self._said.clear()
@@ -453,7 +450,7 @@ class Client:
         if self._up:
             self._up = False
             self.log.info("lost the connection to {endpoint}: {why}",
-                          endpoint=self._description, why=self._whyLost or "closed")
+                          endpoint=self._description, why=_whyLost(self._broker) or "closed")
             signals.send(signals.disconnected, self)
 
     async def _resync(self) -> None:

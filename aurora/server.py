@@ -17,14 +17,37 @@ from zope.interface import implementer
 
 from typing import Mapping
 
-from aurora import _schema, _types, _wire
-from aurora._limits import MIB, DecodingPool, Limits
+from aurora import _handshake, _schema, _types
+from aurora._broker import ServerFactory
+from aurora._cork import Cork
+from aurora._limits import MAX_DEPTH, MAX_MESSAGE_BYTES, MIB, DecodingPool, Limits
 from aurora._manager import Manager
+from aurora._seams import IAccess
 from aurora._wrapper import wrap
 from aurora.auth import ANONYMOUS_ALL, Authenticator, Identity, PeerCertificate
 from aurora.errors import Error, LimitExceeded, LoginFailed, UnknownInterface, _safeRepr, _safeText
 from aurora.interfaces import IRegistry, IRegistryService, IRegistryView
 from aurora.registry import Registry as LocalRegistry
+
+
+@implementer(IAccess)
+class _Session:
+    """
+    One connection as the server knows it: who logged in on it, and so what
+    its peer may use (its broker asks L{mayUse}); whether it said hello; why
+    it may not stay, if it may not.  Made by the server's factory for each
+    connection it accepts, before anything arrives on it.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.identity: Identity | None = None
+        self.helloSaid = False
+        self.refused: Error | None = None  # over a connection limit: told, then closed
+        self.loginTimer: Any = None  # closes it unless it logs in in time
+
+    def mayUse(self, interfaceName: str) -> bool:
+        return self._server._mayUse(self.identity, interfaceName)
 
 
 @implementer(IRegistryService)
@@ -33,21 +56,22 @@ class RegistryService(Manager):
 
     log = Logger()
 
-    def __init__(self, server: Server, broker: Any) -> None:
+    def __init__(self, server: Server, broker: Any, session: _Session) -> None:
         self._server = server
         self._registry = server._registry
         self._broker = broker
+        self._session = session
 
     def hello(self, peer: Any) -> dict[str, Any]:
-        refused = getattr(self._broker, "refused", None)
-        if refused is not None:
+        session = self._session
+        if session.refused is not None:
             # Answered, then closed: the client learns why it cannot stay.
             self._server.factory.clock.callLater(0, self._broker.close)
-            raise refused
-        if getattr(self._broker, "helloSaid", False):
+            raise session.refused
+        if session.helloSaid:
             raise Error("hello was already exchanged on this connection")
-        _wire.checkVersion(peer, "client")
-        self._broker.helloSaid = True
+        _handshake.checkVersion(peer, "client")
+        session.helloSaid = True
         self.log.info("client {peer} connected (aurora {version})",
                       peer=self._broker.peer, version=_safeText(peer.get("aurora"), 40))
         timeout = peer.get("timeout")
@@ -57,20 +81,20 @@ class RegistryService(Manager):
             self._broker.watchIdle(self._server._idleTimeout, float(timeout))
         # (A referenceLimit the peer asks for here is ignored: limits are
         # raised at login, for an identity; see Server(grants=...).)
-        return dict(_wire.versionInfo(), referenceLimit=self._broker.referenceLimit)
+        return dict(_handshake.versionInfo(), referenceLimit=self._broker.referenceLimit)
 
     def ping(self) -> None:
         return None
 
     async def login(self, username: Any, password: Any) -> RegistryView:
-        refused = getattr(self._broker, "refused", None)
-        if refused is not None:
+        session = self._session
+        if session.refused is not None:
             self._server.factory.clock.callLater(0, self._broker.close)
-            raise refused
+            raise session.refused
         identity = await self._server._authenticate(self._broker, username, password)
-        before = getattr(self._broker, "identity", None)
-        self._broker.identity = identity
-        self._server._loggedIn(self._broker, identity)
+        before = session.identity
+        session.identity = identity
+        self._server._loggedIn(self._broker, session, identity)
         if before != identity:  # a peer that logs in again and again: one line
             self.log.info("{peer} logged in as {who}", peer=self._broker.peer,
                           who=identity.name or "anonymous")
@@ -198,15 +222,15 @@ class Server:
     @param maxLag: seconds a client may stay behind (not reading) before it
         is disconnected; C{maxPending}: model fields waiting for it.
     @param maxMessageBytes: the largest message a client may send (at most,
-        and by default, L{_wire.MAX_MESSAGE_BYTES}); a larger one closes its
-        connection.
+        and by default, L{aurora._limits.MAX_MESSAGE_BYTES}); a larger one
+        closes its connection.
     @param maxMessageItems: the most items one message may hold (2,000,000
         by default: a list of 100,000 small records), charged as list
         headers arrive; a call over it is answered with
         L{aurora.errors.LimitExceeded} without being built.
     @param maxDepth: the deepest nesting of a message (at most, and by
-        default, L{_wire.MAX_DEPTH}); a deeper call is answered with
-        L{aurora.errors.LimitExceeded}.
+        default, L{aurora._limits.MAX_DEPTH}); a deeper call is answered
+        with L{aurora.errors.LimitExceeded}.
     @param maxDecodingBytes: bytes of messages in progress on all
         connections at once (64 MiB); C{maxDecodingItems} (4,000,000), their
         items.  A message that would take the total past either is refused.
@@ -262,9 +286,9 @@ class Server:
                  referenceLimit: int = 1024, maxReferenceLimit: int = 100_000,
                  grants: Mapping[str | None, Mapping[str, int]] | None = None,
                  maxLag: float = 30.0, maxPending: int = 10_000,
-                 maxMessageBytes: int = _wire.MAX_MESSAGE_BYTES,
+                 maxMessageBytes: int = MAX_MESSAGE_BYTES,
                  maxMessageItems: int = Limits.maxMessageItems,
-                 maxDepth: int = _wire.MAX_DEPTH,
+                 maxDepth: int = MAX_DEPTH,
                  maxDecodingBytes: int = 64 * MIB,
                  maxDecodingItems: int = 4_000_000,
                  maxPendingCalls: int = Limits.maxPendingCalls,
@@ -300,9 +324,9 @@ class Server:
             raise ValueError(f"errorDetail must be 'type' or 'message', not {errorDetail!r}")
         limits = Limits(
             # Configurable downward only: the defaults bound memory and recursion.
-            maxMessageBytes=min(maxMessageBytes, _wire.MAX_MESSAGE_BYTES),
+            maxMessageBytes=min(maxMessageBytes, MAX_MESSAGE_BYTES),
             maxMessageItems=maxMessageItems,
-            maxDepth=min(maxDepth, _wire.MAX_DEPTH),
+            maxDepth=min(maxDepth, MAX_DEPTH),
             referenceLimit=referenceLimit,
             maxPendingCalls=maxPendingCalls,
             maxOutboundBytes=maxOutboundBytes)
@@ -314,23 +338,23 @@ class Server:
         # What no grant goes past: maxReferenceLimit, and the nesting that
         # unjelly's recursion allows.
         self._grantCap = Limits(
-            maxMessageBytes=16 * _wire.MAX_MESSAGE_BYTES, maxMessageItems=2**31,
-            maxDepth=_wire.MAX_DEPTH, referenceLimit=maxReferenceLimit,
+            maxMessageBytes=16 * MAX_MESSAGE_BYTES, maxMessageItems=2**31,
+            maxDepth=MAX_DEPTH, referenceLimit=maxReferenceLimit,
             maxPendingCalls=2**31, maxOutboundBytes=2**40)
         self._grants = dict(grants or {})
         for grant in self._grants.values():
             limits.granted(grant)  # a bad name or value fails here, not at login
-        self.factory = _wire.ServerFactory(
+        self.factory = ServerFactory(
             _Root(self), wrap, callTimeout=callTimeout,
             clock=clock if clock is not None else reactor,
             flowLimits={"maxLag": maxLag, "maxPending": maxPending},
             limits=limits, loginLimits=loginLimits,
             pool=DecodingPool(maxDecodingBytes, maxDecodingItems),
-            errorDetail=errorDetail)
+            errorDetail=errorDetail, access=lambda: _Session(self),
+            cork=Cork.forReactor(reactor))
         self.factory.idleTimeout = idleTimeout
         self.factory.peerLog.interval = self.factory.errorLog.interval = logInterval
         self.factory.admit = self._admit
-        self.factory.policy = self._mayUse
         self._ports: list[IListeningPort] = []
         self._brokers: set[Any] = set()
         self._perAddress: dict[str, int] = {}
@@ -386,17 +410,18 @@ class Server:
         # Called from buildProtocol, after _admit: there is no transport yet.
         refusal, self._pendingRefusal = self._pendingRefusal, None
         self._brokers.add(broker)
+        session: _Session = broker.access
         clock = self.factory.clock
         if refusal is not None:
             self._refusing += 1
-            broker.refused = refusal
+            session.refused = refusal
             timer = clock.callLater(5.0, lambda: broker.transport.abortConnection())
             host = None
         else:
             timer = clock.callLater(
                 self._loginTimeout, lambda: broker.transport.abortConnection())
             host = self._pendingHost
-        broker.loginTimer = timer
+        session.loginTimer = timer
 
         def gone() -> None:
             self._brokers.discard(broker)
@@ -415,15 +440,15 @@ class Server:
             self.log.info("client {peer} disconnected", peer=broker.peer)
 
         broker.notifyOnDisconnect(gone)
-        return RegistryService(self, broker)
+        return RegistryService(self, broker, session)
 
-    def _mayUse(self, broker: Any, name: str) -> bool:
+    def _mayUse(self, identity: Identity | None, name: str) -> bool:
         """
-        Whether C{broker}'s peer may use C{name}: its identity allows it and
-        the registry offers it (a relay's allow-list), for a manager however
-        it got there (by name, or returned by another's method).
+        Whether a peer logged in as C{identity} may use C{name}: its identity
+        allows it and the registry offers it (a relay's allow-list), for a
+        manager however it got there (by name, or returned by another's
+        method).
         """
-        identity = getattr(broker, "identity", None)
         if identity is None:
             return False  # not logged in: only aurora's own interfaces
         if identity.interfaces is not None and name not in identity.interfaces:
@@ -431,9 +456,9 @@ class Server:
         offers = getattr(self._registry, "offers", None)
         return offers is None or offers(name)
 
-    def _loggedIn(self, broker: Any, identity: Identity) -> None:
-        if broker.loginTimer.active():
-            broker.loginTimer.cancel()
+    def _loggedIn(self, broker: Any, session: _Session, identity: Identity) -> None:
+        if session.loginTimer.active():
+            session.loginTimer.cancel()
         grant = self._grants.get(identity.name)
         broker.setLimits(self.factory.loggedInLimits.granted(grant, self._grantCap))
 

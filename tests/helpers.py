@@ -430,7 +430,7 @@ def makeAuthority(directory, *clients: str) -> dict[str, str]:
 async def fillUntilPaused(client, model, flow) -> None:
     """
     Make C{client} stop reading and change C{model} with large values until
-    the server's L{aurora._wire.Flow} for it pauses (kernel buffers full).
+    the server's L{aurora._flow.Flow} for it pauses (kernel buffers full).
     """
     from twisted.internet import task
 

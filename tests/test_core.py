@@ -15,7 +15,7 @@ from twisted.spread import jelly
 from zope.interface import Interface
 
 from aurora import Client, Copyable, errors, signals
-from aurora import _wire
+from aurora import _handshake, _jelly
 from aurora.remote import Wrapper, registerMirror, registerWrapper
 from tests.app import (
     IAdmin,
@@ -157,7 +157,7 @@ class Evolving(Copyable):
 def test_unknownIncomingFieldsDroppedMissingOnesNone():
     sexp = [Evolving.typeName.encode(), ["dictionary", [["unicode", b"a"], 1],
                                          [["unicode", b"zzz"], 2]]]
-    got = jelly.unjelly(sexp, taster=_wire.SECURITY)
+    got = jelly.unjelly(sexp, taster=_jelly.SECURITY)
     assert type(got) is Evolving
     assert (got.a, got.b) == (1, None)
     assert not hasattr(got, "zzz")
@@ -444,13 +444,13 @@ async def test_callDeadline(served):
 @pytest_twisted.ensureDeferred
 async def test_incompatibleProtocolVersion(served, monkeypatch, theirs):
     """A peer of another protocol version fails with both versions named."""
-    monkeypatch.setattr(_wire, "versionInfo", lambda: theirs)
+    monkeypatch.setattr(_handshake, "versionInfo", lambda: theirs)
     client = served.newClient()
     with pytest.raises(errors.IncompatibleVersion) as e:
         await client.getRegistry()
     assert f"protocol {theirs['protocol']} (aurora {theirs['aurora']})" in str(e.value)
-    assert f"protocol {_wire.PROTOCOL_VERSION}" in str(e.value)
-    assert (e.value.local, e.value.remote) == (_wire.PROTOCOL_VERSION, theirs["protocol"])
+    assert f"protocol {_handshake.PROTOCOL_VERSION}" in str(e.value)
+    assert (e.value.local, e.value.remote) == (_handshake.PROTOCOL_VERSION, theirs["protocol"])
 
 
 @pytest_twisted.ensureDeferred

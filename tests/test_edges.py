@@ -15,7 +15,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.spread import pb
 
-from aurora import Client, Registry, Server, _wire, errors, signals
+from aurora import Client, Registry, Server, _broker, errors, signals
 from aurora.relay import Relay
 from aurora._resync import locate
 from aurora.remote import referenceError, wrap
@@ -242,7 +242,7 @@ async def test_peersCannotRedescribeARelaysInterfaces(monkeypatch):
     relay = Relay(f"tcp:127.0.0.1:{port}", clientOptions=dict(QUIET))
     [listening] = await relay.start("tcp:0:interface=127.0.0.1")
     relayPort = listening.getHost().port
-    hostile = _wire.ClientFactory(wrap, callTimeout=5, clock=reactor)
+    hostile = _broker.ClientFactory(wrap, callTimeout=5, clock=reactor)
     connector = reactor.connectTCP("127.0.0.1", relayPort, hostile)
     client = Client(f"tcp:127.0.0.1:{relayPort}", **QUIET)
     try:

@@ -18,7 +18,7 @@ from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.spread import jelly
 
-from aurora import Client, Copyable, Registry, Server, _wire, errors
+from aurora import Client, Copyable, Registry, Server, _jelly, errors
 from aurora._manager import _toRemoteError
 from aurora._quiet import LogLimiter
 from aurora._types import Declared
@@ -275,7 +275,7 @@ def test_errorIdIsWireCompatible():
     sexp = [errors.RemoteError.typeName.encode(), [
         b"dictionary", [[b"unicode", b"message"], [b"unicode", b"x"]],
         [[b"unicode", b"remoteType"], [b"unicode", b"builtins.KeyError"]]]]
-    got = jelly.unjelly(sexp, taster=_wire.SECURITY)
+    got = jelly.unjelly(sexp, taster=_jelly.SECURITY)
     assert type(got) is errors.RemoteError
     assert (got.message, got.remoteType, got.errorId) == ("x", "builtins.KeyError", None)
     # To a peer that does not know it: dropped, the rest intact.
@@ -285,7 +285,7 @@ def test_errorIdIsWireCompatible():
     assert old._state() == {"message": "y", "remoteType": "builtins.ValueError"}
     assert "errorId" not in old.__dict__
     # Between two that know it: kept.
-    back = jelly.unjelly(jelly.jelly(new, taster=_wire.SECURITY), taster=_wire.SECURITY)
+    back = jelly.unjelly(jelly.jelly(new, taster=_jelly.SECURITY), taster=_jelly.SECURITY)
     assert back == new and back.errorId == "3f2a9c1e"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
-from aurora import _wire
+from aurora import _broker
 from aurora.client import retryPolicy
 
 
@@ -17,7 +17,7 @@ class AbortableTransport(StringTransport):
 
 
 def connectedBroker(clock):
-    factory = _wire.ClientFactory(lambda *a: None, callTimeout=None, clock=clock)
+    factory = _broker.ClientFactory(lambda *a: None, callTimeout=None, clock=clock)
     broker = factory.buildProtocol(None)
     transport = AbortableTransport()
     broker.makeConnection(transport)

@@ -570,7 +570,7 @@ def test_expandedSizeCountsWhatJellyWouldSendOnly():
     attributes of what arrived (a wrapper reaches its factory, the reactor,
     the whole process).
     """
-    from aurora._wire import _expandedSize
+    from aurora._jelly import _expandedSize
     from tests.app import User
 
     class Holder:
@@ -652,7 +652,7 @@ async def test_aFaultOfOursIsLoggedAsOursNotThePeers(monkeypatch, rig):
     An exception in this side's own handling of a well-formed message is
     logged with its traceback as ours, and the peer is not dropped for it.
     """
-    from aurora._wire import Broker
+    from aurora._broker import Broker
 
     _, port, _ = await rig.serve()
     lines = rig.logLines()

@@ -22,7 +22,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.logger import Logger, formatEvent
 
-from aurora import Client, Registry, Server, _wire, auth, errors
+from aurora import Client, Registry, Server, _broker, auth, errors
 from aurora.remote import wrap
 from tests.app import IUserManager, UserManager
 from tests.helpers import (BIN, makeAuthority, RecordingProxy, ROOT, runCommand)
@@ -122,7 +122,7 @@ class Connection:
     @classmethod
     async def open(cls, port: int, endpoint: str | None = None) -> Connection:
         self = cls()
-        self.factory = _wire.ClientFactory(wrap, callTimeout=SAFETY, clock=reactor)
+        self.factory = _broker.ClientFactory(wrap, callTimeout=SAFETY, clock=reactor)
         if endpoint is None:
             await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(self.factory)
         else:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from twisted.spread import jelly
 
 from aurora._plain import MAX_DEPTH, NotPlain, jellyPlain, unjellyPlain
-from aurora._wire import SECURITY
+from aurora._jelly import SECURITY
 
 leaves = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
           | st.text() | st.binary())

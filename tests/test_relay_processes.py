@@ -362,7 +362,7 @@ async def test_relayLogsWhyItsUpstreamIsUnreachableOncePerChange(tmp_path):
         # The client's own lines, ClientService's ("Scheduling retry ...")
         # and its factory's ("Starting factory ...").
         said = [e for e in relay.events if e.get("log_namespace", "").startswith(
-            ("aurora.client", "twisted.application", "aurora._wire.ClientFactory"))]
+            ("aurora.client", "twisted.application", "aurora._broker.ClientFactory"))]
         assert [(e["log_format"].split(" {")[0], e.get("why", "")[:40]) for e in said] == [
             ("cannot reach", "connected, but the aurora handshake fail"),
             ("cannot reach", "Connection was refused by other side: 11"),

@@ -16,7 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.spread import banana, pb
 
 from aurora import Registry, Server, errors
-from aurora._wire import ClientFactory
+from aurora._broker import ClientFactory
 from aurora.remote import wrap
 from tests.app import IUserManager, UserManager
 from tests.helpers import ServerProcess, memory, resetPeak

@@ -1,56 +1,49 @@
 """
-What may cross the wire, and what happens when something may not.
+The connection: a PB broker whose failures reach the caller as aurora
+errors (L{Broker}), and the factories that build it for a client and a
+server.
 
-Every aurora connection is a L{Broker} with L{SECURITY} as its jelly taster:
-basic Python types, PB's reference atoms and the classes declared in
-L{aurora._types}, nothing else, in either direction.  The broker turns PB's
-silent failure modes into errors the caller receives: a value that cannot be
-jellied, a token over banana's size limit (stock PB leaves the caller's
-Deferred waiting forever), an answer the caller cannot unjelly (stock PB drops
-the connection, Twisted #10910).
+PB's silent failure modes become errors the caller receives: a value that
+cannot be jellied, a token over banana's size limit (stock PB leaves the
+caller's Deferred waiting forever), an answer the caller cannot unjelly
+(stock PB drops the connection, Twisted #10910).  What may cross is decided
+in L{aurora._jelly}; the pacing, liveness and write batching of a connection
+are L{aurora._flow}, L{aurora._heartbeat} and L{aurora._cork}.
 """
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import socket as _socket
 from typing import Any, Callable
 
 from twisted.internet import defer, tcp
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.persisted.crefutil import NotKnown
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
 from twisted.spread.flavors import RemoteCacheObserver
 from zope.interface import implementer
 
-from aurora import _banana, _plain, _types
+from aurora import _banana, _plain
+from aurora._cork import Cork
 from aurora._flow import Flow
+from aurora._handshake import _whyNotReady
 from aurora._heartbeat import Watchdog
-from aurora._limits import MIB, DecodingPool, Limits
+from aurora._jelly import (
+    _UPDATE_HEAD,
+    ERROR_SECURITY,
+    SECURITY,
+    _describeUnsendable,
+    _expandedSize,
+    _unencodable,
+    _unreadable,
+)
+from aurora._limits import DecodingPool, Limits
 from aurora._pbcompat import PBBroker, canWriteDirectly, writeNow
 from aurora._quiet import LogLimiter
-from aurora._seams import IConnection
-from aurora._version import __version__
-from aurora.errors import Error, IncompatibleVersion, LimitExceeded, SerializationError, _safeText
-
-PROTOCOL_VERSION = 2
-"""aurora's wire protocol version, exchanged by C{hello} at connect.  2: a
-connection's limits are raised at login, for the identity, never by C{hello}."""
-
-REF_ATOM = b"aurora.ref"
-"""C{[REF_ATOM, luid, [interface names], [descriptions]]}: a manager sent by
-reference, with the description of each interface the connection has not
-described yet (so a relay or the CLI knows its methods without its module)."""
-
-MAX_MESSAGE_BYTES = 16 * MIB
-"""The largest message (one top-level banana expression) a peer may send."""
-
-MAX_DEPTH = 100
-"""The deepest nesting of lists in one message (unjelly recurses)."""
+from aurora._seams import IAccess, IConnection, ICorked
+from aurora.errors import LimitExceeded, SerializationError, _safeText
 
 PROBE_ID = b"aurora.probe"
 """The object a server's idle probe is addressed to: no peer has it, so any
@@ -60,94 +53,46 @@ PB peer answers with an error, which is all the probe asks for."""
 _SETTING = {"bytes": "maxMessageBytes", "items": "maxMessageItems",
             "depth": "maxDepth", "pool": "maxDecodingBytes/maxDecodingItems"}
 
-_RECEIVABLE = frozenset(
-    [
-        # jelly's atoms for basic values
-        b"None", b"boolean", b"unicode", b"decimal", b"datetime", b"date",
-        b"time", b"timedelta", b"list", b"tuple", b"dictionary", b"set",
-        b"frozenset", b"reference", b"dereference",
-        # PB's references: a reference sent back to its origin, a remote
-        # reference, a model again on a connection that mirrors it already,
-        # a mirror sent back to its origin
-        b"local", b"remote", b"cached", b"lcache",
-        REF_ATOM,
-    ]
-)
+# What a malformed but well-framed message raises while PB dispatches it
+# (unknown or unhashable ids, wrong arity, bad text, refused types): the
+# peer's fault.  Anything else is a fault of this side's code.
+_PEER_FAULTS = (pb.ProtocolError, pb.Error, KeyError, IndexError, TypeError,
+                ValueError, UnicodeError, jelly.InsecureJelly)
 
-# jelly asks the taster about qual(type(value)) before sending any value
-# that is not Jellyable.
-_SENDABLE = frozenset(
-    qual(t).encode("utf-8")
-    for t in (
-        bytes, str, int, float, bool, type(None), list, tuple, dict, set,
-        frozenset, datetime.datetime, datetime.date, datetime.time,
-        datetime.timedelta, decimal.Decimal,
-    )
-)
+# What a peer may send, and the method that takes it.
+_COMMANDS = {name: "proto_" + name.decode() for name in (
+    b"version", b"message", b"cachemessage", b"answer", b"error", b"decref",
+    b"decache", b"uncache", b"didNotUnderstand")}
 
 
-class Security(jelly.SecurityOptions):
-    """
-    A jelly taster that allows only basic values and declared types.
-
-    Twisted's own C{jelly.SecurityOptions} allows any dotted type name and
-    defers to a module and class check; this one never resolves a name to a
-    module or class at all (Twisted #6355).
-    """
-
-    def isTypeAllowed(self, typeName: Any) -> bool:
-        if isinstance(typeName, str):
-            typeName = typeName.encode("utf-8")
-        return (
-            typeName in _RECEIVABLE
-            or typeName in _SENDABLE
-            or _types.isDeclared(typeName)
-        )
-
-    def isModuleAllowed(self, moduleName: Any) -> bool:
+def _answerable(head: list[Any]) -> bool:
+    """Whether a refused message can be answered: a call or an answer, by id."""
+    if len(head) < 2 or type(head[1]) is not int:
         return False
-
-    def isClassAllowed(self, klass: Any) -> bool:
-        return False
-
-
-SECURITY = Security()
+    if head[0] in (b"message", b"cachemessage"):
+        return len(head) >= 5 and type(head[4]) is int
+    return head[0] in (b"answer", b"error")
 
 
-class _ErrorSecurity(Security):
-    """In an error answer only: PB's own errors (e.g. "Invalid Object ID")."""
-
-    def isTypeAllowed(self, typeName: Any) -> bool:
-        if typeName in (b"twisted.spread.pb.CopyableFailure",
-                        "twisted.spread.pb.CopyableFailure"):
-            return True
-        return super().isTypeAllowed(typeName)
-
-
-ERROR_SECURITY = _ErrorSecurity()
-
-
-def _describeUnsendable(e: Exception) -> str:
-    if isinstance(e, NotImplementedError) and "tzinfo" in str(e):
-        return (
-            "cannot send a timezone-aware datetime or time: send an epoch float "
-            "or an ISO 8601 string"
-        )
-    return (
-        f"cannot send this value ({_safeText(e)}): only basic types (str, bytes, int, "
-        "float, bool, None, list, tuple, dict, set, Decimal, naive datetimes) "
-        "and declared Copyable, Model, Error and Manager classes can travel"
+def _tooManyReferences(limit: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"this connection holds {limit} references already, its referenceLimit "
+        "(a server grants an identity more at login with Server(grants=...); a "
+        "client sets its own with Client(referenceLimit=...))",
+        limit=limit,
     )
 
 
-@implementer(IConnection)
+@implementer(IConnection, ICorked)
 class Broker(PBBroker):
     """
     A PB broker whose failures reach the caller as aurora errors.
 
     C{factory} is a L{ClientFactory} or L{ServerFactory}; it supplies
     C{wrapReference}, which turns an incoming manager reference into what the
-    application sees.
+    application sees, and the L{Cork} that batches this connection's writes.
+
+    @param access: what the peer may use (see L{mayUse}); None, everything.
     """
 
     # Twisted types these as Optional[Factory] and Optional[ITransport]; a
@@ -175,9 +120,18 @@ class Broker(PBBroker):
     """Whether the call being dispatched wants an answer (when it does not,
     a manager's result is not serialized: nothing would tell the peer of the
     references that would register)."""
+    lostReason: Failure | None = None
+    """Why the connection was lost, once it is (PB's disconnect callbacks
+    are not told)."""
+
+    def __init__(self, isClient: bool = True, security: Any = SECURITY,
+                 access: IAccess | None = None) -> None:
+        super().__init__(isClient, security)
+        self.access = access
 
     def connectionMade(self) -> None:
         factory = self.factory
+        self._cork: Cork = factory.cork
         self.lastReceived = factory.clock.seconds()
         self.describedInterfaces: set[str] = set()
         self._readyWaiters: list[defer.Deferred] = []
@@ -234,12 +188,12 @@ class Broker(PBBroker):
         """
         Whether the peer may use managers under this interface: asked of every
         manager that crosses this connection and every call it makes.  A
-        server sets the policy (its identity's interfaces, a relay's
-        allow-list); aurora's own interfaces are always usable.
+        server decides it (its identity's interfaces, a relay's allow-list:
+        see L{IAccess}); aurora's own interfaces are always usable.
         """
-        policy = self.factory.policy
-        return policy is None or interfaceName.startswith("aurora.interfaces.") \
-            or policy(self, interfaceName)
+        access = self.access
+        return access is None or interfaceName.startswith("aurora.interfaces.") \
+            or access.mayUse(interfaceName)
 
     @property
     def peer(self) -> str:
@@ -275,24 +229,22 @@ class Broker(PBBroker):
             self._held = None
 
     def _write(self, data: bytes) -> None:
-        corked = _Cork.pending
         # Only plain sockets are corked: TLS batches writes by itself, and
         # drops what is written after it started closing.
-        if corked is None or not self._direct:
+        if self._direct:
+            held = self._cork.take(self, data)
+            if held is None:
+                return
+            data = held
+        self._send(data)
+
+    def sendHeld(self, data: bytes) -> None:
+        """What the L{Cork} held for this connection, sent (see L{ICorked})."""
+        try:
             self._send(data)
-            return
-        parts = corked.get(self)
-        if parts is None:
-            corked[self] = parts = []
-            _Cork.sizes[self] = 0
-        parts.append(data)
-        _Cork.sizes[self] += len(data)
-        if _Cork.sizes[self] > _Cork.LIMIT:
-            # A burst: hand it to the transport now, so that a peer that
-            # does not read pauses the Flow as it would without the cork.
-            del corked[self]
-            del _Cork.sizes[self]
-            self._send(b"".join(parts))
+        except Exception:
+            self.factory.errorLog.failure(("write", id(self)),
+                                          "cannot write to {peer}", peer=self.peer)
 
     def _send(self, data: bytes) -> None:
         if self.disconnected:
@@ -420,9 +372,7 @@ class Broker(PBBroker):
         when it began (see L{aurora._heartbeat.Watchdog}'s message timeout).
         """
         decoder = self._decoder
-        outermost = _Cork.pending is None
-        if outermost:
-            _Cork.pending = {}
+        outermost = self._cork.hold()
         try:
             if chunk or not decoder.paused:
                 decoder.feed(chunk)
@@ -440,7 +390,7 @@ class Broker(PBBroker):
             return
         finally:
             if outermost:
-                _Cork.flush()
+                self._cork.flush()
         # While paused, what is kept may be whole messages not yet read.
         if decoder.messageBytes and not decoder.stopped and not decoder.paused:
             if self.messageSince is None:
@@ -459,8 +409,7 @@ class Broker(PBBroker):
         self._decoder.stopped = True
         if self._pool is not None:
             self._pool.release(self)
-        if _Cork.pending is not None:
-            _Cork.pending.pop(self, None)  # no answers to a refused peer
+        self._cork.discard(self)  # no answers to a refused peer
         self.transport.abortConnection()
 
     def _onRefused(self, why: _banana.Refusal, head: list[Any]) -> bool:
@@ -694,6 +643,7 @@ class Broker(PBBroker):
         return d
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lostReason = reason
         if self._watch is not None:
             self._watch.stop()
         if self._pool is not None:
@@ -849,228 +799,30 @@ class Broker(PBBroker):
         return self.factory.wrapReference(ref, names, self.factory, descriptions)
 
 
-# [b"cachemessage", requestID, luid, b"update", answerRequired, args, kw]:
-# what PB's RemoteCacheObserver.callRemote("update", name, value,
-# pbanswer=False) sends, cut where the per-connection part ends.
-_UPDATE_HEAD = _banana.listHeader(7) + _banana.encode(b"cachemessage")
-
-
-def sharedUpdate(name: str, value: Any) -> bytes | None:
-    """
-    The encoded tail of a model update that is the same on every connection
-    (a value made of basic types), so a change observed by many peers is
-    encoded once; None when the value needs each connection's own jelly
-    (it holds references or declared types).
-    """
-    try:
-        args = _plain.jellyPlain((name, value))
-    except _plain.NotPlain:
-        return None
-    try:
-        return b"".join(_banana.encode(x) for x in (b"update", 0, args, [b"dictionary"]))
-    except banana.BananaError:
-        return None
-
-
-class _Cork:
-    """
-    What the brokers write while this process handles what arrived: sent
-    when it is done, one write per connection.  A batch of pipelined calls
-    is answered with one send, and a burst of model changes reaches each
-    observer in one, as Twisted's own buffering would do, without its
-    per-write cost (see L{Broker._send}).
-    """
-
-    LIMIT = 64 * 1024  # bytes held for one connection, at most
-    pending: dict[Broker, list[bytes]] | None = None
-    sizes: dict[Broker, int] = {}
-
-    @classmethod
-    def flush(cls) -> None:
-        pending, cls.pending = cls.pending, None
-        cls.sizes = {}
-        if pending is None:
-            return
-        for broker, parts in pending.items():
-            try:
-                broker._send(parts[0] if len(parts) == 1 else b"".join(parts))
-            except Exception:
-                broker.factory.errorLog.failure(("write", id(broker)),
-                                                "cannot write to {peer}", peer=broker.peer)
-
-
-# What a malformed but well-framed message raises while PB dispatches it
-# (unknown or unhashable ids, wrong arity, bad text, refused types): the
-# peer's fault.  Anything else is a fault of this side's code.
-_PEER_FAULTS = (pb.ProtocolError, pb.Error, KeyError, IndexError, TypeError,
-                ValueError, UnicodeError, jelly.InsecureJelly)
-
-# What a peer may send, and the method that takes it.
-_COMMANDS = {name: "proto_" + name.decode() for name in (
-    b"version", b"message", b"cachemessage", b"answer", b"error", b"decref",
-    b"decache", b"uncache", b"didNotUnderstand")}
-
-
-def _whyNotReady(reason: Any, firstBytes: bytes) -> str:
-    """What a connection that never got through PB's handshake was, in words."""
-    value = getattr(reason, "value", None)
-    module = type(value).__module__ or ""
-    if module.startswith("OpenSSL"):
-        text = _safeText(value, 200)
-        if "certificate verify failed" in text:
-            return ("TLS failed: the server's certificate is not trusted (certificate "
-                    "verify failed); give the client its CA with trustRoots=DIR")
-        return f"TLS failed ({text})"
-    if firstBytes[:1] in (b"\x15", b"\x16") and firstBytes[1:2] == b"\x03":
-        return "the server speaks TLS and this connection does not: connect with tls:"
-    if firstBytes:
-        return (f"the peer is not an aurora server: it sent "
-                f"{_safeText(repr(firstBytes[:16]), 60)}")
-    return ("the peer closed it before PB's handshake (not an aurora server, or a TLS "
-            "port reached with plain TCP?)")
-
-
-def _expandedSize(value: Any, limit: int) -> int:
-    """
-    The bytes of C{value}'s strings as jelly would write them again (each
-    occurrence in full; each container once, as jelly sends the rest as
-    references), counting no further than just past C{limit}.
-    """
-    size, stack, seen = 0, [value], set()
-    while stack and size <= limit:
-        item = stack.pop()
-        t = type(item)
-        if t is str or t is bytes:
-            size += len(item)
-        elif t is list or t is tuple or t is set or t is frozenset or t is dict:
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-            size += 8 * len(item)
-            if t is dict:
-                stack.extend(item.keys())
-                stack.extend(item.values())
-            else:
-                stack.extend(item)
-        elif isinstance(item, _types.Declared) and id(item) not in seen:
-            # A copy's, model's or error's fields: what jelly would send of it
-            # (not its other attributes, which may reach the whole process).
-            seen.add(id(item))
-            state = item.__dict__
-            stack.extend(state.get(name) for name in item._fields)
-        elif isinstance(item, NotKnown):
-            # What jelly leaves for a reference to nothing it was sent: no
-            # caller could make sense of it.
-            raise SerializationError(
-                "the peer sent a reference to a value it never sent (a dangling "
-                "jelly reference)")
-    return size
-
-
-def _answerable(head: list[Any]) -> bool:
-    """Whether a refused message can be answered: a call or an answer, by id."""
-    if len(head) < 2 or type(head[1]) is not int:
-        return False
-    if head[0] in (b"message", b"cachemessage"):
-        return len(head) >= 5 and type(head[4]) is int
-    return head[0] in (b"answer", b"error")
-
-
-def _tooManyReferences(limit: int) -> LimitExceeded:
-    return LimitExceeded(
-        f"this connection holds {limit} references already, its referenceLimit "
-        "(a server grants an identity more at login with Server(grants=...); a "
-        "client sets its own with Client(referenceLimit=...))",
-        limit=limit,
-    )
-
-
-def _unencodable(e: Exception) -> Exception:
-    if "too long" not in str(e):
-        return SerializationError(f"cannot encode this message: {_safeText(e)}")
-    return LimitExceeded(
-        f"message too large: {_safeText(e)}; PB refuses any single string or list over "
-        f"{banana.SIZE_LIMIT} bytes/items (twisted.spread.banana.SIZE_LIMIT): "
-        "send it in pieces",
-        limit=banana.SIZE_LIMIT,
-    )
-
-
-def _unreadable(e: Exception) -> Error:
-    if isinstance(e, Error):
-        return e  # already says what is wrong
-    if isinstance(e, KeyError):
-        what = f"a reference to an object this side does not know (id {_safeText(e, 40)})"
-    elif isinstance(e, jelly.InsecureJelly):
-        what = f"a type that is not declared here ({_safeText(e)})"
-    else:
-        what = f"{type(e).__name__}: {_safeText(e)}"
-    return SerializationError(
-        f"the peer sent a value this process cannot accept: {what}; a type "
-        "must be declared (imported) on both sides")
-
-
-def _receiveLocal(unjellier: Any, sexp: list) -> Any:
-    """A reference sent back to this side: it must be one this side handed out."""
-    invoker = unjellier.invoker
-    obj = invoker.localObjectForID(sexp[1]) if len(sexp) == 2 else None
-    if obj is None and isinstance(invoker, Broker):
-        raise SerializationError(
-            f"a reference to an object this connection never handed out "
-            f"(id {sexp[1:2]!r:.40})")
-    return obj
-
-
-_types.unjellyableRegistry[b"local"] = _receiveLocal
-
-
-def _receiveRef(unjellier: Any, sexp: list) -> Any:
-    if len(sexp) != 4 or not isinstance(sexp[1], int):
-        raise jelly.InsecureJelly(f"malformed {REF_ATOM!r}")
-    return unjellier.invoker.receiveReference(
-        sexp[1], sexp[2], unjellier.unjelly(sexp[3]))
-
-
-_types.unjellyableRegistry[REF_ATOM] = _receiveRef
-
-
-def versionInfo() -> dict[str, Any]:
-    return {"protocol": PROTOCOL_VERSION, "aurora": __version__}
-
-
-def checkVersion(peer: Any, side: str) -> None:
-    """Raise L{IncompatibleVersion} unless C{peer} speaks our protocol."""
-    theirs = peer.get("protocol") if isinstance(peer, dict) else None
-    if theirs != PROTOCOL_VERSION:
-        release = peer.get("aurora", "?") if isinstance(peer, dict) else "?"
-        raise IncompatibleVersion(
-            f"the {side} speaks aurora protocol {theirs!r} (aurora {release}); "
-            f"this process speaks protocol {PROTOCOL_VERSION} "
-            f"(aurora {__version__})",
-            local=PROTOCOL_VERSION,
-            remote=theirs if isinstance(theirs, int) else None,
-        )
-
-
 class ClientFactory(pb.PBClientFactory):
     """
     A PB client factory building aurora brokers; also the settings every
-    wrapper on its connections uses (deadline, clock, result tracker).
+    wrapper on its connections uses (deadline, clock, result tracker).  Its
+    brokers have no access context: a client's server may use whatever it
+    was sent.
+
+    @param cork: what batches its connections' writes (by default, a
+        L{Cork} of its own).
     """
 
     protocol = Broker
     pool = None  # a client's one connection needs no shared budget
     countPeerCaches = False
-    policy = None  # a client's server may use whatever it was sent
     loggedIn = True  # what the server sends is held to the full limits
 
     def __init__(self, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any, tracker: Any = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, cork: Cork | None = None) -> None:
         super().__init__(security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
+        self.cork = cork if cork is not None else Cork()
         self.tracker = tracker
         self.limits = limits if limits is not None else Limits()
         self.flowLimits: dict[str, Any] = {}
@@ -1088,6 +840,10 @@ class ServerFactory(pb.PBServerFactory):
     identity's grant) at login; C{pool} bounds what all of them decode at
     once.  C{peerLog} and C{errorLog} keep what peers cause from flooding
     the log.
+
+    @param access: makes each connection's L{IAccess}, what its peer may
+        use (None: everything).
+    @param cork: as L{ClientFactory}'s.
     """
 
     protocol = Broker
@@ -1095,8 +851,6 @@ class ServerFactory(pb.PBServerFactory):
     learned = None  # a server never believes its peers' interface descriptions
     loggedIn = False
     countPeerCaches = True
-    # (broker, interface name) -> whether that peer may use it; see mayUse.
-    policy: Callable[[Any, str], bool] | None = None
     # Seconds of silence after which a connection is probed; None: never.
     idleTimeout: float | None = None
     # Whether one more connection, from an address, may be served.
@@ -1105,17 +859,26 @@ class ServerFactory(pb.PBServerFactory):
     def buildProtocol(self, addr: Any) -> Any:
         if not self.admit(addr):
             return None  # Twisted closes the connection at once
-        return super().buildProtocol(addr)
+        # As PB's own, with the connection's access context from the start.
+        access = self.access() if self.access is not None else None
+        proto = self.protocol(isClient=False, security=self.security, access=access)
+        proto.factory = self
+        proto.setNameForLocal("root", self.root.rootObject(proto))
+        return proto
 
     def __init__(self, root: Any, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any,
                  flowLimits: dict[str, Any] | None = None,
                  limits: Limits | None = None, loginLimits: Limits | None = None,
-                 pool: DecodingPool | None = None, errorDetail: str = "type") -> None:
+                 pool: DecodingPool | None = None, errorDetail: str = "type",
+                 access: Callable[[], IAccess] | None = None,
+                 cork: Cork | None = None) -> None:
         super().__init__(root, security=SECURITY)
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
+        self.access = access
+        self.cork = cork if cork is not None else Cork()
         self.flowLimits = flowLimits or {}
         self.loggedInLimits = limits if limits is not None else Limits()
         self.limits = loginLimits if loginLimits is not None else Limits.beforeLogin()
