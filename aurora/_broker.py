@@ -32,8 +32,8 @@ from aurora._handshake import _whyNotReady
 from aurora._heartbeat import Watchdog
 from aurora._jelly import (
     _UPDATE_HEAD,
-    ERROR_SECURITY,
     SECURITY,
+    Security,
     _describeUnsendable,
     _expandedSize,
     _unencodable,
@@ -43,6 +43,7 @@ from aurora._limits import DecodingPool, Limits
 from aurora._pbcompat import PBBroker, canWriteDirectly, writeNow
 from aurora._quiet import LogLimiter
 from aurora._seams import IAccess, IConnection, ICorked
+from aurora._types import TypeTable
 from aurora.errors import LimitExceeded, SerializationError, _safeText
 
 PROBE_ID = b"aurora.probe"
@@ -761,13 +762,14 @@ class Broker(PBBroker):
         d = self._waiting(requestID)
         if d is None:
             return
-        self.security = ERROR_SECURITY
+        security = self.security
+        self.security = security.forErrors()
         try:
             error = self.unserialize(fail)
         except Exception as e:
             error = _unreadable(e)
         finally:
-            self.security = SECURITY
+            self.security = security
         d.errback(error if isinstance(error, Failure) else Failure(error))
 
     def _waiting(self, requestID: Any) -> defer.Deferred | None:
@@ -817,8 +819,12 @@ class ClientFactory(pb.PBClientFactory):
 
     def __init__(self, wrapReference: Callable[..., Any], *,
                  callTimeout: float | None, clock: Any, tracker: Any = None,
-                 limits: Limits | None = None, cork: Cork | None = None) -> None:
-        super().__init__(security=SECURITY)
+                 limits: Limits | None = None, cork: Cork | None = None,
+                 types: TypeTable | None = None, wrappers: Any = None) -> None:
+        super().__init__(security=Security(types if types is not None else TypeTable()))
+        # Wrapper classes for this client's connections, before the process's
+        # (see aurora._wrapper.wrapperTable): interface name -> (interface, class).
+        self.wrappers: dict[str, Any] = dict(wrappers or {})
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock
@@ -872,8 +878,8 @@ class ServerFactory(pb.PBServerFactory):
                  limits: Limits | None = None, loginLimits: Limits | None = None,
                  pool: DecodingPool | None = None, errorDetail: str = "type",
                  access: Callable[[], IAccess] | None = None,
-                 cork: Cork | None = None) -> None:
-        super().__init__(root, security=SECURITY)
+                 cork: Cork | None = None, types: TypeTable | None = None) -> None:
+        super().__init__(root, security=Security(types if types is not None else TypeTable()))
         self.wrapReference = wrapReference
         self.callTimeout = callTimeout
         self.clock = clock

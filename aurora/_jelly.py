@@ -57,12 +57,18 @@ _SENDABLE = frozenset(
 
 class Security(jelly.SecurityOptions):
     """
-    A jelly taster that allows only basic values and declared types.
+    A jelly taster that allows only basic values, the process's declared
+    types and the opaque types of one endpoint's L{_types.TypeTable}
+    (C{types}; None: declared types only).
 
     Twisted's own C{jelly.SecurityOptions} allows any dotted type name and
     defers to a module and class check; this one never resolves a name to a
     module or class at all (Twisted #6355).
     """
+
+    def __init__(self, types: _types.TypeTable | None = None) -> None:
+        super().__init__()
+        self.types = types
 
     def isTypeAllowed(self, typeName: Any) -> bool:
         if isinstance(typeName, str):
@@ -70,8 +76,13 @@ class Security(jelly.SecurityOptions):
         return (
             typeName in _RECEIVABLE
             or typeName in _SENDABLE
-            or _types.isDeclared(typeName)
+            or (self.types.accepts(typeName) if self.types is not None
+                else _types.isDeclared(typeName))
         )
+
+    def forErrors(self) -> Security:
+        """The taster for an error answer: this one, and PB's own errors."""
+        return _ErrorSecurity(self.types)
 
     def isModuleAllowed(self, moduleName: Any) -> bool:
         return False
@@ -81,6 +92,7 @@ class Security(jelly.SecurityOptions):
 
 
 SECURITY = Security()
+"""The taster of an endpoint that accepts declared types only."""
 
 
 class _ErrorSecurity(Security):
@@ -93,7 +105,6 @@ class _ErrorSecurity(Security):
         return super().isTypeAllowed(typeName)
 
 
-ERROR_SECURITY = _ErrorSecurity()
 
 
 def _describeUnsendable(e: Exception) -> str:

@@ -11,6 +11,11 @@ A receiving process may register a *mirror* class for a type name: a local
 subclass that is built instead of the declared class (to add client-side
 behaviour).  The unjelly entry installed for each name looks the class up at
 receive time, so registration order does not matter.
+
+Declared classes are the process's own code, so they are process-wide.  What
+an endpoint learns from its peer is not: the opaque types a client accepts
+because its server advertised them live in that client's L{TypeTable}, which
+a relay's server shares, and no other endpoint of the process sees them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from twisted.spread import jelly
 
 _declared: dict[bytes, type[Declared]] = {}
 _mirrors: dict[bytes, type[Declared]] = {}
-_opaque: dict[bytes, tuple[type[Declared], dict[str, Any]]] = {}
 
 unjellyableRegistry = cast("dict[bytes, Any]", jelly.unjellyableRegistry)
 """
@@ -34,15 +38,27 @@ callable, called as C{f(unjellier, sexp)}.
 
 def _receiver(name: bytes) -> Callable[[Any, list], Any]:
     # jelly calls a non-class registry entry as f(unjellier, sexp): see
-    # twisted.spread.jelly._Unjellier.unjelly.
+    # twisted.spread.jelly._Unjellier.unjelly.  The entry is the process's
+    # (jelly has one table); which opaque types it may build is the
+    # connection's, asked of the taster that let the name through.
     def receive(unjellier: Any, sexp: list) -> Any:
         cls = _mirrors.get(name) or _declared.get(name)
         if cls is not None:
             return cls._fromWire(unjellier, sexp)
-        opaque, info = _opaque[name]
+        table = getattr(getattr(unjellier, "taster", None), "types", None)
+        found = table.opaque(name) if isinstance(table, TypeTable) else None
+        if found is None:
+            raise jelly.InsecureJelly(f"type {name!r} is not accepted on this connection")
+        opaque, info = found
         return opaque._fromOpaque(info, unjellier, sexp)
 
+    receive.auroraType = name  # type: ignore[attr-defined]
     return receive
+
+
+def _isReceiver(entry: Any) -> bool:
+    """Whether jelly's table entry C{entry} is aurora's (see L{_receiver})."""
+    return getattr(entry, "auroraType", None) is not None
 
 
 def _reserved(name: bytes) -> bool:
@@ -95,46 +111,71 @@ def registerMirror(original: type[Declared], mirror: type[Declared]) -> None:
     _mirrors[original.typeName.encode("utf-8")] = mirror
 
 
-def registerOpaque(name: str, opaque: type[Any], fields: Any,
-                   keyField: Any = None) -> None:
+class TypeTable:
     """
-    Accept type C{name}, whose class this process has not imported, as an
-    instance of C{opaque} carrying the type name and the declared C{fields}
-    unchanged, so that it can be sent on (a relay).  A class this process
-    declares itself always wins.
+    The types one endpoint accepts beyond the process's declared classes:
+    those its server advertised, accepted as opaque stand-ins that carry
+    their type name and fields unchanged so that they can be sent on (a
+    relay, the CLI).  A L{aurora.Client} owns one; a relay's server uses its
+    upstream client's.  A server on its own has an empty one: it never
+    believes what its peers advertise.
     """
-    key = name.encode("utf-8")
-    if key in _declared or _reserved(key) or (
-            key in unjellyableRegistry and key not in _opaque):
-        # An upstream may not redefine a declared type, an atom, or a type
-        # Twisted registered (pb.CopyableFailure).
-        return
-    if not (isinstance(fields, (list, tuple)) and all(
-            isinstance(f, str) and not f.startswith("_") for f in fields)):
-        raise ValueError(f"bad fields for opaque type {name!r}: {fields!r}")
-    if keyField is not None and keyField not in fields:
-        keyField = None
-    info = {"typeName": name, "_fields": tuple(fields), "keyField": keyField}
-    _opaque[key] = (opaque, info)
-    unjellyableRegistry[key] = _receiver(key)
+
+    def __init__(self) -> None:
+        self._opaque: dict[bytes, tuple[type[Declared], dict[str, Any]]] = {}
+
+    def registerOpaque(self, name: str, opaque: type[Any], fields: Any,
+                       keyField: Any = None) -> None:
+        """
+        Accept type C{name}, whose class this process has not imported, as
+        an instance of C{opaque} carrying the type name and the declared
+        C{fields}.  A class this process declares itself always wins.
+        """
+        key = name.encode("utf-8")
+        if key in _declared or _reserved(key) or (
+                key in unjellyableRegistry and not _isReceiver(unjellyableRegistry[key])):
+            # An upstream may not redefine a declared type, an atom, or a
+            # type Twisted registered (pb.CopyableFailure).
+            return
+        if not (isinstance(fields, (list, tuple)) and all(
+                isinstance(f, str) and not f.startswith("_") for f in fields)):
+            raise ValueError(f"bad fields for opaque type {name!r}: {fields!r}")
+        if keyField is not None and keyField not in fields:
+            keyField = None
+        info = {"typeName": name, "_fields": tuple(fields), "keyField": keyField}
+        self._opaque[key] = (opaque, info)
+        if key not in unjellyableRegistry:
+            unjellyableRegistry[key] = _receiver(key)
+
+    def opaque(self, name: bytes) -> tuple[type[Declared], dict[str, Any]] | None:
+        """The stand-in class and its settings for type C{name}, if accepted."""
+        return self._opaque.get(name)
+
+    def accepts(self, name: bytes) -> bool:
+        """Whether a value of type C{name} may arrive on this endpoint."""
+        return name in _declared or name in self._opaque
+
+    def advertised(self) -> dict[str, dict[str, Any]]:
+        """Every type this endpoint can receive: kind, fields, key field."""
+        types = {}
+        for name, (opaque, info) in self._opaque.items():
+            types[name.decode("utf-8")] = {
+                "kind": opaque._kind, "fields": list(info["_fields"]),
+                "keyField": info["keyField"]}
+        types.update(advertised())
+        return types
 
 
 def advertised() -> dict[str, dict[str, Any]]:
-    """Every type this process can receive: kind, fields, key field."""
-    types = {}
-    for name, (opaque, info) in _opaque.items():
-        types[name.decode("utf-8")] = {
-            "kind": opaque._kind, "fields": list(info["_fields"]),
-            "keyField": info["keyField"]}
-    for name, cls in _declared.items():
-        types[name.decode("utf-8")] = {
-            "kind": cls._kind, "fields": list(cls._fields),
-            "keyField": getattr(cls, "keyField", None)}
-    return types
+    """Every class this process declares: kind, fields, key field."""
+    return {name.decode("utf-8"): {
+        "kind": cls._kind, "fields": list(cls._fields),
+        "keyField": getattr(cls, "keyField", None)} for name, cls in _declared.items()}
 
 
 def isDeclared(name: bytes) -> bool:
-    return name in _declared or name in _opaque
+    """Whether this process declares a class under type name C{name}."""
+    return name in _declared
 
 
 def allFields(cls: type[Any]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -48,15 +48,38 @@ def registerWrapper(iface: InterfaceClass, wrapperClass: type[Wrapper]) -> None:
     """
     Use C{wrapperClass} (a L{Wrapper} subclass) for references to managers
     offering C{iface}; its own methods are answered locally, every other
-    interface method goes over the wire.
+    interface method goes over the wire.  This is the process's default; a
+    client can have its own (C{Client(wrappers=...)}), which come first.
     """
+    _checkWrapper(iface, wrapperClass)
+    _wrapperClasses[iface.__identifier__] = wrapperClass
+    _registered[iface.__identifier__] = iface
+
+
+def _checkWrapper(iface: Any, wrapperClass: Any) -> None:
     if not IInterface.providedBy(iface):
         raise TypeError(f"{_safeRepr(iface)} is not a zope.interface Interface")
     if not (isinstance(wrapperClass, type) and issubclass(wrapperClass, Wrapper)):
         raise TypeError(
             f"{_safeRepr(wrapperClass)} is not a subclass of aurora.remote.Wrapper")
-    _wrapperClasses[iface.__identifier__] = wrapperClass
-    _registered[iface.__identifier__] = iface
+
+
+def wrapperTable(wrappers: Mapping[Any, type[Wrapper]] | None
+                 ) -> dict[str, tuple[InterfaceClass, type[Wrapper]]]:
+    """
+    One client's own wrapper classes (C{{interface: class}}), checked, by
+    interface name: what L{wrap} and L{_resolve} look at before the
+    process's.
+    """
+    table = {}
+    for iface, wrapperClass in (wrappers or {}).items():
+        _checkWrapper(iface, wrapperClass)
+        table[iface.__identifier__] = (iface, wrapperClass)
+    return table
+
+
+def _own(settings: Any) -> dict[str, tuple[InterfaceClass, type[Wrapper]]]:
+    return getattr(settings, "wrappers", None) or {}
 
 
 def registerMirror(original: type, mirror: type) -> None:
@@ -69,7 +92,9 @@ def registerMirror(original: type, mirror: type) -> None:
 
 def _resolve(name: str, settings: Any) -> InterfaceClass | None:
     """An interface object for C{name}: registered, imported, or learned."""
-    found = _registered.get(name) or _schema.importedInterface(name)
+    own = _own(settings).get(name)
+    found = own[0] if own is not None else (
+        _registered.get(name) or _schema.importedInterface(name))
     if found is None:
         learned = getattr(settings, "learned", None)
         found = learned.get(name) if learned is not None else None
@@ -87,7 +112,8 @@ def learnInterface(description: dict[str, Any], settings: Any) -> None:
     """
     learned = getattr(settings, "learned", None)
     name = description["name"]
-    if learned is None or _registered.get(name) or _schema.importedInterface(name):
+    if learned is None or name in _own(settings) or _registered.get(name) \
+            or _schema.importedInterface(name):
         return
     known = learned.get(name)
     if known is not None and known.__dict__.get("_auroraDescription") == description:
@@ -104,7 +130,9 @@ def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,
     for description in descriptions:
         if isinstance(description, dict) and isinstance(description.get("name"), str):
             learnInterface(description, settings)
-    cls = next((_wrapperClasses[n] for n in names if n in _wrapperClasses), Wrapper)
+    own = _own(settings)
+    cls = next((own[n][1] for n in names if n in own), None) or next(
+        (_wrapperClasses[n] for n in names if n in _wrapperClasses), Wrapper)
     return cls(ref, names, settings)
 
 

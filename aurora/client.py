@@ -10,7 +10,7 @@ reconnect swaps new references into them (see L{Client} for the order).
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
@@ -20,7 +20,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
-from aurora import _handshake, _types, signals
+from aurora import _handshake, signals
 from aurora._broker import ClientFactory
 from aurora._cork import Cork
 from aurora._copyable import OpaqueCopy
@@ -28,7 +28,8 @@ from aurora._limits import Limits
 from aurora._model import OpaqueModel
 from aurora._pbcompat import protocolOf, quietClientService
 from aurora._resync import Tracker
-from aurora._wrapper import Wrapper, wrap
+from aurora._types import TypeTable
+from aurora._wrapper import Wrapper, wrap, wrapperTable
 from aurora.errors import (
     ConnectionFailed,
     Error,
@@ -140,7 +141,12 @@ class Client:
         in the clear: L{getRegistry} fails at once with L{LoginFailed}.
     @param opaque: accept, as opaque objects that are passed on unchanged,
         the Copyable, Model and Error types the server advertises but this
-        process has not imported (what a relay does).
+        process has not imported (what a relay does).  They are this
+        client's (its L{typeTable}): no other client or server of the
+        process accepts them.
+    @param wrappers: wrapper classes for this client only, by interface:
+        C{{IUserManager: UserWrapper}}; they come before the process's
+        (L{aurora.remote.registerWrapper}).
     @param reactor: the reactor that connects (default: the global one).
     @param clock: what times heartbeats, deadlines and retries (default:
         C{reactor}).
@@ -158,6 +164,7 @@ class Client:
                  maxReconnectDelay: float = 30.0,
                  referenceLimit: int | None = None, opaque: bool = False,
                  allowInsecureLogin: bool = False,
+                 wrappers: Mapping[Any, type[Wrapper]] | None = None,
                  reactor: Any = None, clock: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -173,10 +180,13 @@ class Client:
         self._referenceLimit = referenceLimit
         self._opaque = opaque
         self._tracker = Tracker()
+        self.typeTable = TypeTable()
+        """The types this client accepts beyond the declared ones (see C{opaque})."""
         self.factory = ClientFactory(
             wrap, callTimeout=callTimeout, clock=self._clock, tracker=self._tracker,
             limits=Limits(referenceLimit=referenceLimit or Limits.referenceLimit),
-            cork=Cork.forReactor(reactor))
+            cork=Cork.forReactor(reactor), types=self.typeTable,
+            wrappers=wrapperTable(wrappers))
         self.factory.noisy = False  # not "Starting factory" at every attempt
         self._policy = retryPolicy(reconnectDelay, maxReconnectDelay)
         self._service = _ClientService(
@@ -339,14 +349,15 @@ class Client:
         for d in waiters:
             d.callback(self._registry)
 
-    def relayTypes(self) -> None:
+    def relayTypes(self) -> TypeTable:
         """
         Pass on, as opaque objects, the types the server advertises (what a
         relay does): from the next connection on, or now if connected.  A
-        L{Server} serving this client's registry asks for it.
+        L{Server} serving this client's registry asks for it, and accepts
+        from its own peers what this client accepts: the table returned.
         """
         if self._opaque:
-            return
+            return self.typeTable
         self._opaque = True
         if self._up:
             self._root._call("types", (), {}, self._timeoutFor()).addCallbacks(
@@ -354,11 +365,12 @@ class Client:
                 lambda f: self.log.warn("cannot learn {endpoint}'s types: {why}",
                                         endpoint=self._description,
                                         why=f.getErrorMessage()))
+        return self.typeTable
 
     async def relayedTypes(self) -> dict[str, Any]:
         """The types this process can pass on, once the server's are learned."""
         await self.firstConnection()
-        return _types.advertised()
+        return self.typeTable.advertised()
 
     async def firstConnection(self) -> None:
         """
@@ -436,8 +448,8 @@ class Client:
         opaque = {"copy": OpaqueCopy, "model": OpaqueModel, "error": OpaqueError}
         for name, info in types.items():
             if isinstance(info, dict) and info.get("kind") in opaque:
-                _types.registerOpaque(name, opaque[info["kind"]], info.get("fields"),
-                                      info.get("keyField"))
+                self.typeTable.registerOpaque(name, opaque[info["kind"]], info.get("fields"),
+                                              info.get("keyField"))
 
     def _timeoutFor(self) -> float | None:
         return self.factory.callTimeout

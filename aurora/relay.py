@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from aurora import _schema, _types, signals
+from aurora._types import TypeTable
 from aurora.client import Client
 from aurora.errors import ConnectionLost, UnknownInterface
 from aurora.interfaces import IRegistry
@@ -103,9 +104,17 @@ class CompositeRegistry:
 
     async def types(self) -> dict[str, Any]:
         """The types this relay passes on: learned from upstream once connected."""
-        if self._client is not None:
-            await self._client.firstConnection()
-        return _types.advertised()
+        if self._client is None:
+            return _types.advertised()
+        await self._client.firstConnection()
+        return self._client.typeTable.advertised()
+
+    def relay(self) -> TypeTable | None:
+        """
+        This registry is served by a L{aurora.Server}: the types it accepts
+        from its peers are those its upstream client accepts.
+        """
+        return self._client.typeTable if self._client is not None else None
 
     def __repr__(self) -> str:
         return (f"<aurora.relay.CompositeRegistry local={sorted(self.local.managers())} "

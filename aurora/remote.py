@@ -18,6 +18,7 @@ from twisted.python.reflect import qual
 from zope.interface import implementer
 
 from aurora import _schema, _types
+from aurora._types import TypeTable
 from aurora._wrapper import (
     Wrapper,
     learnInterface,
@@ -54,15 +55,16 @@ class Registry:
             weakref.WeakValueDictionary()
         )
 
-    def relay(self) -> None:
+    def relay(self) -> TypeTable | None:
         """
         This registry is served by a L{aurora.Server} (a Server asks this
         itself): accept the Copyable, Model and Error types the upstream
         advertises as opaque objects, so that a process without the
         application's modules can pass them on.
         """
-        if self._source is not None:
-            self._source.relayTypes()
+        if self._source is None:
+            return None
+        return self._source.relayTypes()
 
     def types(self) -> defer.Deferred:
         """The types this registry's server can pass on (see L{relay})."""

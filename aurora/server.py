@@ -307,8 +307,7 @@ class Server:
         # A client's registry served again (a relay, the bare way): it must
         # pass its upstream's types on without this process importing them.
         relay = getattr(registry, "relay", None)
-        if callable(relay):
-            relay()
+        types = relay() if callable(relay) else None
         self._reactor = reactor
         self._portal = portal
         self._allowInsecureLogin = allowInsecureLogin
@@ -351,7 +350,7 @@ class Server:
             limits=limits, loginLimits=loginLimits,
             pool=DecodingPool(maxDecodingBytes, maxDecodingItems),
             errorDetail=errorDetail, access=lambda: _Session(self),
-            cork=Cork.forReactor(reactor))
+            cork=Cork.forReactor(reactor), types=types)
         self.factory.idleTimeout = idleTimeout
         self.factory.peerLog.interval = self.factory.errorLog.interval = logInterval
         self.factory.admit = self._admit

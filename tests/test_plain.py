@@ -129,7 +129,7 @@ def test_irregularFormsGoToJelly(sexp):
 
 def test_atomsCannotBeTakenOverByDeclaredOrAdvertisedTypes():
     from aurora import Copyable
-    from aurora._types import registerOpaque
+    from aurora._types import TypeTable
     from aurora.remoteable import OpaqueCopy
 
     with pytest.raises(ValueError, match="dotted"):
@@ -137,10 +137,13 @@ def test_atomsCannotBeTakenOverByDeclaredOrAdvertisedTypes():
             typeName = "list"
             fields = ("x",)
     before = dict(jelly.unjellyableRegistry)
+    table = TypeTable()
     for name in ("list", "unicode", "remote", "aurora.ref",
                  "twisted.spread.pb.CopyableFailure"):
-        registerOpaque(name, OpaqueCopy, ["x"])  # what a hostile upstream could advertise
+        table.registerOpaque(name, OpaqueCopy, ["x"])  # what a hostile upstream could advertise
     assert jelly.unjellyableRegistry == before
+    assert table.advertised().keys().isdisjoint(
+        {"list", "unicode", "remote", "aurora.ref", "twisted.spread.pb.CopyableFailure"})
     assert unjellyPlain([b"list", [b"unicode", b"x"]]) == ["x"]
 
 
