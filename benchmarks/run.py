@@ -24,7 +24,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = sys.executable
-SECTIONS = ("calls", "fanout", "clients", "scale", "reconnect")
+SECTIONS = ("calls", "callpath", "fanout", "clients", "scale", "reconnect")
 
 
 class Servers:
@@ -134,6 +134,24 @@ def serverCPU(servers: Servers, o: argparse.Namespace, raw: int, origin: int,
         out[name] = {"server_us": us[0], "origin_us": us[1] if len(us) > 1 else None,
                      "per_s": result["per_s"]}
     return out
+
+
+def callpath(servers: Servers, o: argparse.Namespace, out: dict[str, Any]) -> None:
+    """3c: the functions one sequential echo passes through (cProfile)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([PY, os.path.join(HERE, "callpath.py"), "--calls",
+                        "100" if o.quick else "1000", "--json", f.name],
+                       check=True, capture_output=True, timeout=300)
+        out["callpath"] = json.load(f)
+
+
+def reportCallpath(r: dict, rep: Report) -> None:
+    one = r["one"]
+    rep.line("3c. The call path of one sequential echo (cProfile; client and server in one process)")
+    for group, n in sorted(one["functions"].items(), key=lambda kv: -kv[1]):
+        rep.line(f"  {n:4d} distinct functions in {group}")
+    rep.line(f"  aurora modules passed through: {len(one['aurora_modules'])}")
+    rep.line(f"  function calls per echo: {r['many']['calls_per_echo']:.0f}")
 
 
 def fanout(servers: Servers, o: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -363,10 +381,10 @@ def options(argv: list[str]) -> argparse.Namespace:
     return o
 
 
-RUNNERS = {"calls": calls, "fanout": fanout, "clients": clients, "scale": scale,
-           "reconnect": reconnect}
-REPORTERS = {"calls": reportCalls, "fanout": reportFanout, "clients": reportClients,
-             "scale": reportScale, "reconnect": reportReconnect}
+RUNNERS = {"calls": calls, "callpath": callpath, "fanout": fanout, "clients": clients,
+           "scale": scale, "reconnect": reconnect}
+REPORTERS = {"calls": reportCalls, "callpath": reportCallpath, "fanout": reportFanout,
+             "clients": reportClients, "scale": reportScale, "reconnect": reportReconnect}
 
 
 def report(out: dict[str, Any]) -> Report:
