@@ -27,12 +27,7 @@ class Copyable(Declared, pb.Copyable):
     _kind = "copy"
 
     def __init__(self, **fields: Any) -> None:
-        unknown = set(fields) - set(self._fields)
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}() got unknown field(s) {sorted(unknown)}; "
-                f"declared fields: {self._fields}"
-            )
+        self._checkFields(fields)
         for name in self._fields:
             setattr(self, name, fields.get(name))
 

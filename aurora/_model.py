@@ -55,12 +55,7 @@ class Model(Declared, pb.Cacheable):
     """A field that identifies the model among others in a list, for resync."""
 
     def __init__(self, **fields: Any) -> None:
-        unknown = set(fields) - set(self._fields)
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}() got unknown field(s) {sorted(unknown)}; "
-                f"declared fields: {self._fields}"
-            )
+        self._checkFields(fields)
         d = self.__dict__
         for name in self._fields:
             d[name] = fields.get(name)

@@ -215,6 +215,15 @@ class Declared:
         if declare:
             declareClass(cls)
 
+    def _checkFields(self, fields: dict[str, Any]) -> None:
+        """Refuse, naming them, fields the class does not declare."""
+        unknown = set(fields) - set(self._fields)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unknown field(s) {sorted(unknown)}; "
+                f"declared fields: {self._fields}"
+            )
+
     def _state(self) -> dict[str, Any]:
         d = self.__dict__
         return {name: d.get(name) for name in self._fields}
