@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from types import SimpleNamespace
+from typing import Any, AsyncIterator
 
 from pydispatch import dispatcher
 from twisted.internet import defer, protocol, reactor
@@ -441,3 +444,38 @@ async def fillUntilPaused(client, model, flow) -> None:
         if flow.paused:
             return
     raise AssertionError("the kernel buffers never filled")
+
+
+@contextlib.asynccontextmanager
+async def slowObserver(**serverOptions: Any) -> AsyncIterator[SimpleNamespace]:
+    """
+    A server whose UserManager's model "alice" is observed by a client that
+    has stopped reading, once the server's L{aurora._flow.Flow} for that
+    client has paused (kernel buffers full).  Yields C{manager}, C{server},
+    C{client}, C{users} (the client's wrapper), C{mirror}, C{model} and
+    C{flow}; stops the client and the server afterwards.
+    """
+    from aurora import Client, Registry, Server
+    from tests.app import IUserManager, UserManager
+
+    manager = UserManager()
+    registry = Registry()
+    registry.register(IUserManager, manager)
+    server = Server(registry, **serverOptions)
+    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    client = Client(f"tcp:127.0.0.1:{port}", heartbeat=None, reconnectDelay=0.05,
+                    maxReconnectDelay=0.2)
+    try:
+        # No local names for what the test may drop (a mirror): this frame
+        # lives as long as the test's block.
+        s = SimpleNamespace(manager=manager, server=server, client=client)
+        s.users = await (await client.getRegistry()).getManager(IUserManager)
+        s.mirror = await s.users.getModel("alice")
+        s.model = manager.models["alice"]
+        [serverBroker] = list(s.model._observers)
+        s.flow = serverBroker.flow
+        await fillUntilPaused(client, s.model, s.flow)
+        yield s
+    finally:
+        await client.stop()
+        await server.stop()

@@ -20,7 +20,7 @@ from aurora.relay import Relay
 from aurora._resync import locate
 from aurora.remote import referenceError, wrap
 from tests.app import IUserManager, UserManager, UserModel
-from tests.helpers import SignalLog, fillUntilPaused
+from tests.helpers import SignalLog, slowObserver
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
 
@@ -62,7 +62,7 @@ async def test_answerThatFailsHalfWayLeavesNothingRegistered(served):
 
 
 def test_locateMatchesKeyFieldAtTheLastStepOnly():
-    a, b = UserModel(name="alice"), UserModel(name="bob")
+    a = UserModel(name="alice")
     a2, b2 = UserModel(name="alice", online=True), UserModel(name="bob", online=True)
     assert locate([[a2, b2]], (0, 0), a) is a2
     assert locate([b2, a2], (0,), a) is a2
@@ -181,38 +181,25 @@ async def test_secondMirrorOfOneModelBecomesStaleNotASplitFace():
 
 @pytest_twisted.ensureDeferred
 async def test_slowObserverDroppingAMirrorIsNotDisconnected():
-    clock = task.Clock()
-    manager = UserManager()
-    registry = Registry()
-    registry.register(IUserManager, manager)
-    server = Server(registry, clock=clock)
-    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
-    client = Client(f"tcp:127.0.0.1:{port}", **QUIET)
-    lost = SignalLog(signals.disconnected, client)
-    try:
-        users = await (await client.getRegistry()).getManager(IUserManager)
-        mirror = await users.getModel("alice")
-        model = manager.models["alice"]
-        [serverBroker] = list(model._observers)
-        flow = serverBroker.flow
-        await fillUntilPaused(client, model, flow)
-        model.online = True
-        assert flow.pending
-        stopped = defer.Deferred()
-        model.stoppedObserving = lambda p, o: (
-            type(model).stoppedObserving(model, p, o), stopped.callback(None))
-        del mirror
-        gc.collect()
-        client._root._ref.broker.transport.resumeProducing()
-        await stopped.addTimeout(30, reactor)
-        del model.stoppedObserving
-        assert flow.pending == {}
-        assert await users.echo("still connected") == "still connected"
-        assert lost.events == []
-    finally:
-        lost.close()
-        await client.stop()
-        await server.stop()
+    async with slowObserver(clock=task.Clock()) as s:
+        model, flow = s.model, s.flow
+        lost = SignalLog(signals.disconnected, s.client)
+        try:
+            model.online = True
+            assert flow.pending
+            stopped = defer.Deferred()
+            model.stoppedObserving = lambda p, o: (
+                type(model).stoppedObserving(model, p, o), stopped.callback(None))
+            del s.mirror
+            gc.collect()
+            s.client._root._ref.broker.transport.resumeProducing()
+            await stopped.addTimeout(30, reactor)
+            del model.stoppedObserving
+            assert flow.pending == {}
+            assert await s.users.echo("still connected") == "still connected"
+            assert lost.events == []
+        finally:
+            lost.close()
 
 
 class FakeReference(pb.Jellyable):

@@ -19,7 +19,7 @@ from zope.interface.interface import InterfaceClass, Method
 
 from aurora import Client, Manager, Registry, Server, errors, referenceError, signals
 from tests.app import IUserManager, User, UserManager, UserModel
-from tests.helpers import SignalLog, fillUntilPaused
+from tests.helpers import SignalLog, slowObserver
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
 
@@ -135,36 +135,21 @@ async def test_heldModelUpdatesArriveWhenTheSlowPeerResumes():
     Updates held for a client that stopped reading are coalesced and, when it
     reads again, delivered: its mirror ends at the model's final state.
     """
-    manager = UserManager()
-    registry = Registry()
-    registry.register(IUserManager, manager)
-    server = Server(registry)
-    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
-    client = Client(f"tcp:127.0.0.1:{port}", **QUIET)
-    try:
-        users = await (await client.getRegistry()).getManager(IUserManager)
-        mirror = await users.getModel("alice")
-        model = manager.models["alice"]
-        [serverBroker] = list(model._observers)
-        flow = serverBroker.flow
-        await fillUntilPaused(client, model, flow)
-        model.online = True
-        model.name = "final"
-        assert flow.pending  # held, not written
-        log = SignalLog(signals.changed, mirror)
+    async with slowObserver() as s:
+        s.model.online = True
+        s.model.name = "final"
+        assert s.flow.pending  # held, not written
+        log = SignalLog(signals.changed, s.mirror)
         try:
-            client._root._ref.broker.transport.resumeProducing()
+            s.client._root._ref.broker.transport.resumeProducing()
             for _ in range(1000):  # bounded: one event per update written
-                if mirror.name == "final" and mirror.online is True:
+                if s.mirror.name == "final" and s.mirror.online is True:
                     break
                 await log.next()
         finally:
             log.close()
-        assert (mirror.name, mirror.online) == ("final", True)
-        assert flow.pending == {}
-    finally:
-        await client.stop()
-        await server.stop()
+        assert (s.mirror.name, s.mirror.online) == ("final", True)
+        assert s.flow.pending == {}
 
 
 @pytest_twisted.ensureDeferred

@@ -11,7 +11,7 @@ from aurora import Client, Manager, Registry, Server, errors, signals
 from aurora.relay import Relay
 from aurora.remoteable import Model
 from tests.app import IAdmin, IUserManager, NotAllowed, User, UserManager
-from tests.helpers import SignalLog, fillUntilPaused
+from tests.helpers import SignalLog, slowObserver
 
 QUIET = dict(heartbeat=None, reconnectDelay=0.05, maxReconnectDelay=0.2)
 
@@ -251,19 +251,8 @@ async def test_relayHoldsFiveThousandReferences():
 @pytest_twisted.ensureDeferred
 async def test_slowObserverCoalescedThenDisconnected():
     clock = task.Clock()
-    manager = UserManager()
-    registry = Registry()
-    registry.register(IUserManager, manager)
-    server = Server(registry, clock=clock, maxLag=5.0)
-    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
-    client = Client(f"tcp:127.0.0.1:{port}", **QUIET)
-    try:
-        users = await (await client.getRegistry()).getManager(IUserManager)
-        mirror = await users.getModel("alice")
-        model = manager.models["alice"]
-        [serverBroker] = list(model._observers)
-        flow = serverBroker.flow
-        await fillUntilPaused(client, model, flow)
+    async with slowObserver(clock=clock, maxLag=5.0) as s:
+        model, flow = s.model, s.flow
         for i in range(1000):
             model.name = f"burst {i}"
             model.online = i % 2 == 0
@@ -278,10 +267,7 @@ async def test_slowObserverCoalescedThenDisconnected():
         await stopped.addTimeout(10, reactor)
         del model.stoppedObserving
         assert model._observers == {}
-        client._root._ref.broker.transport.resumeProducing()
-    finally:
-        await client.stop()
-        await server.stop()
+        s.client._root._ref.broker.transport.resumeProducing()
 
 
 @pytest_twisted.ensureDeferred
