@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from aurora import Client, errors, signals
+from aurora import Client, signals
 from tests.app import IUserManager
 from tests.helpers import BIN, ROOT, SignalLog, TwistdProcess, makeCertificate, runCommand
 from tests.twistd_setup import IPoller
