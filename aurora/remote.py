@@ -14,6 +14,7 @@ import weakref
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from zope.interface import implementer
 
@@ -54,6 +55,8 @@ class Registry:
         self._wrappers: weakref.WeakValueDictionary[str, Wrapper] = (
             weakref.WeakValueDictionary()
         )
+        # Interface name -> the callers waiting on the request for it under way.
+        self._asking: dict[str, list[tuple[defer.Deferred, Any]]] = {}
 
     def relay(self) -> TypeTable | None:
         """
@@ -99,8 +102,28 @@ class Registry:
             known._rebind(manager)
             return known
 
+        # Callers asking for the same interface while a request for it is
+        # under way share that request: one round trip, one wrapper.
+        waiting = self._asking.get(name)
+        if waiting is not None:
+            d: defer.Deferred = defer.Deferred()
+            waiting.append((d, iface))
+            return d
+        waiting = self._asking[name] = []
+
+        def settle(result: Any) -> Any:
+            del self._asking[name]
+            for d, each in waiting:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    if not isinstance(each, str):
+                        result._provide(each)
+                    d.callback(result)
+            return result
+
         return self._whenReachable(
-            lambda: self._root.callRemote("getManager", name).addCallback(got))
+            lambda: self._root.callRemote("getManager", name)).addCallback(got).addBoth(settle)
 
     def interfaces(self) -> defer.Deferred:
         return self._whenReachable(lambda: self._root.callRemote("interfaces"))

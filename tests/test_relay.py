@@ -326,3 +326,40 @@ async def test_concurrentGetManagerGivesOneWrapper():
     finally:
         await relay.stop()
         await c.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrentGetManagerIsOneRequest():
+    """
+    Callers asking for one interface while a request for it is under way
+    share that request: the server is asked once, every caller gets the one
+    wrapper (each provides the interface it asked by), and a failure reaches
+    every caller.
+    """
+    asked: list[str] = []
+
+    class Counting(Registry):
+        def getManager(self, iface):
+            asked.append(iface)
+            return super().getManager(iface)
+
+    registry = Counting()
+    registry.register(IUserManager, UserManager())
+    server = Server(registry)
+    port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    client = Client(f"tcp:127.0.0.1:{port}", **QUIET)
+    try:
+        remote = await client.getRegistry()
+        got = await defer.gatherResults(
+            [remote.getManager(IUserManager) for _ in range(5)]
+            + [remote.getManager(IUserManager.__identifier__) for _ in range(5)])
+        assert asked == [IUserManager.__identifier__]
+        assert all(w is got[0] for w in got) and IUserManager.providedBy(got[0])
+        failed = await defer.DeferredList(
+            [remote.getManager("no.such.IThing") for _ in range(3)], consumeErrors=True)
+        assert [ok for ok, _ in failed] == [False] * 3
+        assert all(f.check(errors.UnknownInterface) for _, f in failed)
+        assert asked.count("no.such.IThing") == 1
+    finally:
+        await client.stop()
+        await server.stop()
