@@ -84,6 +84,54 @@ def _tooManyReferences(limit: int) -> LimitExceeded:
     )
 
 
+class Reference(jelly.Jellyable):
+    """
+    An object on the peer, as this side holds it: what C{callRemote} calls,
+    by the peer's id for it (C{luid}).  aurora's own, in place of PB's
+    C{RemoteReference}: it calls the broker's public L{Broker.sendMessage}.
+
+    A C{counted} reference holds one of the count the peer keeps for the id
+    (one per receipt), given back with a C{decref} when it is collected; the
+    peer's root is not counted.  Sent back to the peer it travels as
+    C{[b"local", luid]}: the peer gets its own object.  (Its new home, once
+    the README's architecture table lists it: C{aurora/_reference.py}.)
+    """
+
+    def __init__(self, broker: Broker, luid: Any, counted: bool = True) -> None:
+        self.broker = broker
+        self.luid = luid
+        self.counted = counted
+
+    def callRemote(self, _name: str | bytes, *args: Any, **kw: Any) -> Any:
+        """
+        Call C{_name} on the peer's object: a Deferred of the result (None
+        with C{pbanswer=False}: no answer is asked for).
+        """
+        name = _name if isinstance(_name, bytes) else _name.encode("utf-8")
+        return self.broker.sendMessage(b"", None, self.luid, name, args, kw)
+
+    def jellyFor(self, jellier: Any) -> Any:
+        if jellier.invoker is not self.broker:
+            raise SerializationError(
+                "a reference to a peer's object can only be sent back to that peer")
+        return [b"local", self.luid]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reference):
+            return NotImplemented
+        return other.broker is self.broker and other.luid == self.luid
+
+    def __hash__(self) -> int:
+        return hash(self.luid)
+
+    def __repr__(self) -> str:
+        return f"<aurora.Reference {self.luid!r:.40} on {self.broker!r}>"
+
+    def __del__(self) -> None:
+        if self.counted:
+            self.broker.sendDecRef(self.luid)
+
+
 @implementer(IConnection, ICorked)
 class Broker(PBBroker):
     """
@@ -704,25 +752,49 @@ class Broker(PBBroker):
         self._lastTxn = txn
         return result
 
-    def writeMessage(self, prefix: bytes, perspective: Any, objectID: Any,
-                     message: bytes, args: Any, kw: Any) -> Any:
+    def newRequestID(self) -> int:
+        """The id of the next call this side sends (1, 2, ...: as stock PB)."""
+        self.currentRequestID += 1
+        return self.currentRequestID
+
+    def sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
+                    message: bytes, args: Any, kw: dict[str, Any]) -> Any:
+        """
+        Send a call of C{message} on the peer's object C{objectID} (a
+        C{prefix + b"message"}: C{b"cache"} for a model's mirror); a Deferred
+        of its answer, or None when C{kw} says C{pbanswer=False}.
+
+        A call that cannot be sent fails its Deferred (never leaves it
+        waiting) and takes back the references and model observations its
+        arguments registered: the peer never learns of them.
+        """
+        answerRequired = kw.pop("pbanswer", 1)
+        if self.disconnected:
+            raise pb.DeadReferenceError("Calling Stale Broker")
         txn: list[tuple[str, Any, Any, bool]] = []
         self._txn = txn
         try:
-            result = super().writeMessage(prefix, perspective, objectID, message,
-                                          args, kw)
-        except banana.BananaError as e:
-            # Raised while encoding, after the answer Deferred was registered
-            # under the newest request ID: without this it would never fire.
-            self.waitingForAnswers.pop(self.currentRequestID, None)
-            self._undo(txn)
-            return defer.fail(_unencodable(e))
+            try:
+                netArgs = self.serialize(args, perspective=perspective, method=message)
+                netKw = self.serialize(kw, perspective=perspective, method=message)
+            except Exception:
+                self._undo(txn)  # the keywords failed after the arguments went in
+                return defer.fail()
+            requestID = self.newRequestID()
+            answer: defer.Deferred | None = None
+            if answerRequired:
+                answer = defer.Deferred()
+                self.waitingForAnswers[requestID] = answer
+            try:
+                self.sendCall(prefix + b"message", requestID, objectID, message,
+                              answerRequired, netArgs, netKw)
+            except banana.BananaError as e:
+                self.waitingForAnswers.pop(requestID, None)
+                self._undo(txn)
+                return defer.fail(_unencodable(e))
+            return answer
         finally:
             self._txn = None
-        if isinstance(result, defer.Deferred) and result.called and \
-                isinstance(result.result, Failure):
-            self._undo(txn)  # the keywords failed after the arguments went in
-        return result
 
     def writeAnswer(self, netResult: Any, requestID: int) -> None:
         try:
@@ -790,9 +862,19 @@ class Broker(PBBroker):
             raise _tooManyReferences(self.referenceLimit)
         super().cacheLocally(cid, instance)
 
+    def remoteForName(self, name: str | bytes) -> Reference:
+        """The peer's object published under C{name} (its root: C{"root"})."""
+        if isinstance(name, str):
+            name = name.encode("utf-8")
+        return Reference(self, name, counted=False)
+
+    def receiveRemote(self, luid: Any) -> Reference:
+        """A stock PB reference (C{[b"remote", luid]}) from the peer."""
+        return Reference(self, luid)
+
     def receiveReference(self, luid: int, names: Any, descriptions: Any) -> Any:
         """An incoming manager reference: wrap it for the application."""
-        ref = pb.RemoteReference(self.unserializingPerspective, self, luid, 1)
+        ref = Reference(self, luid)
         if not isinstance(names, (list, tuple)):
             names = ()
         names = tuple(n.decode("utf-8") for n in names if isinstance(n, bytes))

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.persisted.crefutil import NotKnown
 from twisted.python.reflect import qual
-from twisted.spread import banana, jelly
+from twisted.spread import banana, jelly, pb
 
 from aurora import _banana, _plain, _types
 from aurora._seams import IConnection
@@ -206,6 +206,21 @@ def _receiveRef(unjellier: Any, sexp: list) -> Any:
 
 
 _types.unjellyableRegistry[REF_ATOM] = _receiveRef
+
+
+def _receiveRemote(unjellier: Any, sexp: list) -> Any:
+    """
+    A stock PB reference (C{[b"remote", luid]}, from a stock PB server): on
+    an aurora connection, the connection's own reference to it.
+    """
+    invoker = unjellier.invoker
+    if not IConnection.providedBy(invoker):
+        # A stock PB broker in this process: what PB itself would build.
+        return pb.RemoteReference(invoker.unserializingPerspective, invoker, sexp[1], 1)
+    return invoker.receiveRemote(sexp[1])
+
+
+_types.unjellyableRegistry[b"remote"] = _receiveRemote
 
 
 # [b"cachemessage", requestID, luid, b"update", answerRequired, args, kw]:

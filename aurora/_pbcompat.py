@@ -25,8 +25,9 @@ from twisted.spread import pb
 class PBBroker(pb.Broker):
     """
     C{pb.Broker} with its private send and receive steps under public names:
-    a subclass overrides L{receiveMessage}, L{writeMessage} and
-    L{writeAnswer}, and calls L{writeError} and L{writeFailureOrError}.
+    a subclass overrides L{receiveMessage} and L{writeAnswer}, calls
+    L{writeError} and L{writeFailureOrError}, and provides C{sendMessage}
+    (what PB's own C{RemoteCacheObserver} calls a model's mirrors through).
     """
 
     # PB calls these (private) methods; each hands over to aurora's name.
@@ -38,7 +39,7 @@ class PBBroker(pb.Broker):
 
     def _sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
                      message: bytes, args: Any, kw: Any) -> Any:
-        return self.writeMessage(prefix, perspective, objectID, message, args, kw)
+        return self.sendMessage(prefix, perspective, objectID, message, args, kw)
 
     def _sendAnswer(self, netResult: Any, requestID: int) -> None:
         self.writeAnswer(netResult, requestID)
@@ -51,11 +52,10 @@ class PBBroker(pb.Broker):
         pb.Broker._recvMessage(self, findObjMethod, requestID, objectID, message,
                                answerRequired, netArgs, netKw)
 
-    def writeMessage(self, prefix: bytes, perspective: Any, objectID: Any,
-                     message: bytes, args: Any, kw: Any) -> Any:
+    def sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
+                    message: bytes, args: Any, kw: Any) -> Any:
         """Send a call; a Deferred of its answer (None if none is wanted)."""
-        return pb.Broker._sendMessage(self, prefix, perspective, objectID, message,
-                                      args, kw)
+        raise NotImplementedError
 
     def writeAnswer(self, netResult: Any, requestID: int) -> None:
         """Send the answer to the peer's call C{requestID}."""
