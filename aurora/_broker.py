@@ -84,6 +84,31 @@ def _tooManyReferences(limit: int) -> LimitExceeded:
     )
 
 
+class Local:
+    """
+    An object of this side's that the peer holds, in the connection's tables:
+    with how many references to it the peer holds (one per receipt, until it
+    gives them back) and the perspective it was sent under (PB's; aurora's
+    is always None).
+    """
+
+    def __init__(self, object: Any, perspective: Any = None) -> None:
+        self.object = object
+        self.perspective = perspective
+        self.refcount = 1
+
+    def incref(self) -> int:
+        self.refcount += 1
+        return self.refcount
+
+    def decref(self) -> int:
+        self.refcount -= 1
+        return self.refcount
+
+    def __repr__(self) -> str:
+        return f"<Local {self.object!r} ref:{self.refcount}>"
+
+
 class Reference(jelly.Jellyable):
     """
     An object on the peer, as this side holds it: what C{callRemote} calls,
@@ -177,6 +202,12 @@ class Broker(PBBroker):
                  access: IAccess | None = None) -> None:
         super().__init__(isClient, security)
         self.access = access
+        # What this side handed the peer by reference: local id (or a name
+        # such as b"root") to its entry, and id(object) to its local id.
+        # Ids count up from 1, shared with the models the peer observes.
+        self.localObjects: dict[Any, Local] = {}
+        self.luids: dict[Any, int] = {}
+        self.currentLocalID = 0
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -343,6 +374,33 @@ class Broker(PBBroker):
             "aurora connections do not carry PB pagers: their transport's "
             "producer slot paces model updates")
 
+    # -- the local-object table: this side's objects the peer holds
+
+    def newLocalID(self) -> int:
+        """The id for the next object handed out or observed (1, 2, ...)."""
+        self.currentLocalID += 1
+        return self.currentLocalID
+
+    def setNameForLocal(self, name: str | bytes, object: Any) -> None:
+        """Publish C{object} under C{name} (a server's C{"root"}), uncounted."""
+        if isinstance(name, str):
+            name = name.encode("utf-8")
+        self.localObjects[name] = Local(object)
+
+    def localObjectForID(self, luid: Any) -> Any:
+        """The object handed out as C{luid} (or named so), or None."""
+        entry = self.localObjects.get(luid)
+        return None if entry is None else entry.object
+
+    def proto_decref(self, objectID: Any) -> None:
+        # The peer dropped one of its references; the last frees the object.
+        entry = self.localObjects[objectID]
+        if entry.decref() == 0:
+            # (A named object is in no luids: the KeyError is the peer's
+            # fault, and the name stays.)
+            del self.luids[entry.object.processUniqueID()]
+            del self.localObjects[objectID]
+
     # PB's limit is one process-wide number, MAX_BROKER_REFS; here each
     # connection has its own (a relay link asks for more at hello).  A
     # refusal is an error for that call, never a disconnect.
@@ -353,7 +411,7 @@ class Broker(PBBroker):
             if len(self.localObjects) >= self.referenceLimit:
                 raise _tooManyReferences(self.referenceLimit)
             luid = self.newLocalID()
-            self.localObjects[luid] = pb.Local(object)
+            self.localObjects[luid] = Local(object)
             self.luids[puid] = luid
             self._record("ref", luid, puid, True)
         else:
@@ -367,7 +425,7 @@ class Broker(PBBroker):
         luid = self.newLocalID()
         puid = instance.processUniqueID()
         self.remotelyCachedLUIDs[puid] = luid
-        self.remotelyCachedObjects[luid] = pb.Local(instance, self.serializingPerspective)
+        self.remotelyCachedObjects[luid] = Local(instance, self.serializingPerspective)
         self._record("cache", luid, puid, True)
         return luid
 
