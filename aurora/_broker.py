@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
-from twisted.spread.flavors import RemoteCacheObserver
 from zope.interface import implementer
 
 from aurora import _banana, _plain
@@ -157,6 +156,30 @@ class Reference(jelly.Jellyable):
             self.broker.sendDecRef(self.luid)
 
 
+class Observer:
+    """
+    The peer's mirror of one of this side's models, as the model holds it:
+    what its updates are sent through, as a C{cachemessage} to the id the
+    peer mirrors it by.  aurora's own, in place of PB's
+    C{RemoteCacheObserver}.  (Its new home: C{aurora/_reference.py}.)
+    """
+
+    def __init__(self, broker: Broker, cached: Any) -> None:
+        self.broker = broker
+        self.cached = cached
+
+    def callRemote(self, _name: str | bytes, *args: Any, **kw: Any) -> Any:
+        """
+        Call C{_name} on the mirror (as L{Reference.callRemote}); a
+        C{ProtocolError} if the peer no longer mirrors the model.
+        """
+        luid = self.broker.cachedRemotelyAs(self.cached)
+        if luid is None:
+            raise pb.ProtocolError("the peer does not mirror this model (any more)")
+        name = _name if isinstance(_name, bytes) else _name.encode("utf-8")
+        return self.broker.sendMessage(b"cache", None, luid, name, args, kw)
+
+
 @implementer(IConnection, ICorked)
 class Broker(PBBroker):
     """
@@ -208,6 +231,13 @@ class Broker(PBBroker):
         self.localObjects: dict[Any, Local] = {}
         self.luids: dict[Any, int] = {}
         self.currentLocalID = 0
+        # This side's models the peer mirrors: local id to entry, and
+        # id(model) to local id.
+        self.remotelyCachedObjects: dict[Any, Local] = {}
+        self.remotelyCachedLUIDs: dict[Any, int] = {}
+        # The peer's models this side mirrors: the peer's id to the
+        # subscription that follows it (see aurora._model.Subscription).
+        self.locallyCachedObjects: dict[Any, Any] = {}
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -429,11 +459,68 @@ class Broker(PBBroker):
         self._record("cache", luid, puid, True)
         return luid
 
+    # -- the cache tables: models mirrored across this connection
+
     def cachedRemotelyAs(self, instance: Any, incref: int = 0) -> Any:
-        luid = super().cachedRemotelyAs(instance, incref)
+        """
+        The id the peer mirrors C{instance} (a model of this side's) by, or
+        None; with C{incref}, it is being sent again: one more receipt for
+        the peer to give back.
+        """
+        puid = instance.processUniqueID()
+        luid = self.remotelyCachedLUIDs.get(puid)
         if luid is not None and incref:
-            self._record("cache", luid, instance.processUniqueID(), False)
+            self.remotelyCachedObjects[luid].incref()
+            self._record("cache", luid, puid, False)
         return luid
+
+    def remotelyCachedForLUID(self, luid: Any) -> Any:
+        """This side's model the peer mirrors as C{luid} (a mirror sent back)."""
+        return self.remotelyCachedObjects[luid].object
+
+    def decCacheRef(self, objectID: Any) -> None:
+        """Give back one receipt of the peer's model C{objectID}."""
+        self.sendCall(b"decache", objectID)
+
+    def proto_decache(self, objectID: Any) -> None:
+        # The peer gave back a receipt; after the last it no longer mirrors
+        # the model, and is told it may forget the id.
+        entry = self.remotelyCachedObjects[objectID]
+        if entry.decref() == 0:
+            self._stopObserving(entry)
+            del self.remotelyCachedLUIDs[entry.object.processUniqueID()]
+            del self.remotelyCachedObjects[objectID]
+            self.sendCall(b"uncache", objectID)
+
+    def _stopObserving(self, entry: Local) -> None:
+        try:
+            entry.object.stoppedObserving(entry.perspective, Observer(self, entry.object))
+        except Exception:
+            self.factory.errorLog.failure(
+                ("stoppedObserving", id(self)), "a model observed by {peer} failed "
+                "to stop observing", peer=self.peer)
+
+    def cacheLocally(self, cid: Any, instance: Any) -> None:
+        """Mirror the peer's model C{cid} with C{instance}, a subscription."""
+        # A model a client sends becomes a subscription on the server: state
+        # the peer makes the server hold, counted like references.  (A
+        # client mirrors what its own calls asked for.)
+        if self.factory.countPeerCaches and cid not in self.locallyCachedObjects and \
+                len(self.locallyCachedObjects) >= self.referenceLimit:
+            raise _tooManyReferences(self.referenceLimit)
+        self.locallyCachedObjects[cid] = instance
+
+    def cachedLocallyAs(self, cid: Any) -> Any:
+        """The subscription that mirrors the peer's model C{cid}."""
+        return self.locallyCachedObjects[cid]
+
+    def receiveCached(self, luid: Any) -> Any:
+        """A model this side mirrors already, sent again (C{[b"cached", luid]})."""
+        return self.locallyCachedObjects[luid].receivedAgain()
+
+    def proto_uncache(self, objectID: Any) -> None:
+        # The origin forgot the model: the id is free, nothing to give back.
+        self.locallyCachedObjects.pop(objectID).broker = None
 
     # A message that fails half-way (a later value cannot be jellied, or is
     # over banana's limit) must not leave behind the references and model
@@ -460,9 +547,7 @@ class Broker(PBBroker):
                 lobj = self.remotelyCachedObjects.pop(luid, None)
                 self.remotelyCachedLUIDs.pop(puid, None)
                 if lobj is not None:
-                    lobj.object.stoppedObserving(
-                        lobj.perspective,
-                        RemoteCacheObserver(self, lobj.object, lobj.perspective))
+                    lobj.object.stoppedObserving(lobj.perspective, Observer(self, lobj.object))
             elif luid in self.remotelyCachedObjects:
                 self.remotelyCachedObjects[luid].decref()
 
@@ -910,15 +995,6 @@ class Broker(PBBroker):
         if d is None:
             self._warnPeer("an answer to no call", f"request id {requestID!r:.40}")
         return d
-
-    def cacheLocally(self, cid: Any, instance: Any) -> None:
-        # A model a client sends becomes a subscription on the server: state
-        # the peer makes the server hold, counted like references.  (A
-        # client mirrors what its own calls asked for.)
-        if self.factory.countPeerCaches and cid not in self.locallyCachedObjects and \
-                len(self.locallyCachedObjects) >= self.referenceLimit:
-            raise _tooManyReferences(self.referenceLimit)
-        super().cacheLocally(cid, instance)
 
     def remoteForName(self, name: str | bytes) -> Reference:
         """The peer's object published under C{name} (its root: C{"root"})."""

@@ -37,6 +37,9 @@ class IConnection(Interface):
     def receiveRemote(luid: object) -> object:
         """This connection's reference to the peer's object C{luid}."""
 
+    def receiveCached(luid: object) -> object:
+        """The mirror of the peer's model C{luid}, sent again."""
+
 
 class IUpdateSource(Interface):
     """What a L{aurora._flow.Flow} holds model updates for: a model."""
