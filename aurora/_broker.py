@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.reflect import qual
 from twisted.spread import banana, jelly, pb
-from twisted.spread.flavors import RemoteCacheObserver
 from zope.interface import implementer
 
 from aurora import _banana, _plain
@@ -84,6 +83,103 @@ def _tooManyReferences(limit: int) -> LimitExceeded:
     )
 
 
+class Local:
+    """
+    An object of this side's that the peer holds, in the connection's tables:
+    with how many references to it the peer holds (one per receipt, until it
+    gives them back) and the perspective it was sent under (PB's; aurora's
+    is always None).
+    """
+
+    def __init__(self, object: Any, perspective: Any = None) -> None:
+        self.object = object
+        self.perspective = perspective
+        self.refcount = 1
+
+    def incref(self) -> int:
+        self.refcount += 1
+        return self.refcount
+
+    def decref(self) -> int:
+        self.refcount -= 1
+        return self.refcount
+
+    def __repr__(self) -> str:
+        return f"<Local {self.object!r} ref:{self.refcount}>"
+
+
+class Reference(jelly.Jellyable):
+    """
+    An object on the peer, as this side holds it: what C{callRemote} calls,
+    by the peer's id for it (C{luid}).  aurora's own, in place of PB's
+    C{RemoteReference}: it calls the broker's public L{Broker.sendMessage}.
+
+    A C{counted} reference holds one of the count the peer keeps for the id
+    (one per receipt), given back with a C{decref} when it is collected; the
+    peer's root is not counted.  Sent back to the peer it travels as
+    C{[b"local", luid]}: the peer gets its own object.  (Its new home, once
+    the README's architecture table lists it: C{aurora/_reference.py}.)
+    """
+
+    def __init__(self, broker: Broker, luid: Any, counted: bool = True) -> None:
+        self.broker = broker
+        self.luid = luid
+        self.counted = counted
+
+    def callRemote(self, _name: str | bytes, *args: Any, **kw: Any) -> Any:
+        """
+        Call C{_name} on the peer's object: a Deferred of the result (None
+        with C{pbanswer=False}: no answer is asked for).
+        """
+        name = _name if isinstance(_name, bytes) else _name.encode("utf-8")
+        return self.broker.sendMessage(b"", None, self.luid, name, args, kw)
+
+    def jellyFor(self, jellier: Any) -> Any:
+        if jellier.invoker is not self.broker:
+            raise SerializationError(
+                "a reference to a peer's object can only be sent back to that peer")
+        return [b"local", self.luid]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Reference):
+            return NotImplemented
+        return other.broker is self.broker and other.luid == self.luid
+
+    def __hash__(self) -> int:
+        return hash(self.luid)
+
+    def __repr__(self) -> str:
+        return f"<aurora.Reference {self.luid!r:.40} on {self.broker!r}>"
+
+    def __del__(self) -> None:
+        if self.counted:
+            self.broker.sendDecRef(self.luid)
+
+
+class Observer:
+    """
+    The peer's mirror of one of this side's models, as the model holds it:
+    what its updates are sent through, as a C{cachemessage} to the id the
+    peer mirrors it by.  aurora's own, in place of PB's
+    C{RemoteCacheObserver}.  (Its new home: C{aurora/_reference.py}.)
+    """
+
+    def __init__(self, broker: Broker, cached: Any) -> None:
+        self.broker = broker
+        self.cached = cached
+
+    def callRemote(self, _name: str | bytes, *args: Any, **kw: Any) -> Any:
+        """
+        Call C{_name} on the mirror (as L{Reference.callRemote}); a
+        C{ProtocolError} if the peer no longer mirrors the model.
+        """
+        luid = self.broker.cachedRemotelyAs(self.cached)
+        if luid is None:
+            raise pb.ProtocolError("the peer does not mirror this model (any more)")
+        name = _name if isinstance(_name, bytes) else _name.encode("utf-8")
+        return self.broker.sendMessage(b"cache", None, luid, name, args, kw)
+
+
 @implementer(IConnection, ICorked)
 class Broker(PBBroker):
     """
@@ -129,6 +225,19 @@ class Broker(PBBroker):
                  access: IAccess | None = None) -> None:
         super().__init__(isClient, security)
         self.access = access
+        # What this side handed the peer by reference: local id (or a name
+        # such as b"root") to its entry, and id(object) to its local id.
+        # Ids count up from 1, shared with the models the peer observes.
+        self.localObjects: dict[Any, Local] = {}
+        self.luids: dict[Any, int] = {}
+        self.currentLocalID = 0
+        # This side's models the peer mirrors: local id to entry, and
+        # id(model) to local id.
+        self.remotelyCachedObjects: dict[Any, Local] = {}
+        self.remotelyCachedLUIDs: dict[Any, int] = {}
+        # The peer's models this side mirrors: the peer's id to the
+        # subscription that follows it (see aurora._model.Subscription).
+        self.locallyCachedObjects: dict[Any, Any] = {}
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -295,6 +404,33 @@ class Broker(PBBroker):
             "aurora connections do not carry PB pagers: their transport's "
             "producer slot paces model updates")
 
+    # -- the local-object table: this side's objects the peer holds
+
+    def newLocalID(self) -> int:
+        """The id for the next object handed out or observed (1, 2, ...)."""
+        self.currentLocalID += 1
+        return self.currentLocalID
+
+    def setNameForLocal(self, name: str | bytes, object: Any) -> None:
+        """Publish C{object} under C{name} (a server's C{"root"}), uncounted."""
+        if isinstance(name, str):
+            name = name.encode("utf-8")
+        self.localObjects[name] = Local(object)
+
+    def localObjectForID(self, luid: Any) -> Any:
+        """The object handed out as C{luid} (or named so), or None."""
+        entry = self.localObjects.get(luid)
+        return None if entry is None else entry.object
+
+    def proto_decref(self, objectID: Any) -> None:
+        # The peer dropped one of its references; the last frees the object.
+        entry = self.localObjects[objectID]
+        if entry.decref() == 0:
+            # (A named object is in no luids: the KeyError is the peer's
+            # fault, and the name stays.)
+            del self.luids[entry.object.processUniqueID()]
+            del self.localObjects[objectID]
+
     # PB's limit is one process-wide number, MAX_BROKER_REFS; here each
     # connection has its own (a relay link asks for more at hello).  A
     # refusal is an error for that call, never a disconnect.
@@ -305,7 +441,7 @@ class Broker(PBBroker):
             if len(self.localObjects) >= self.referenceLimit:
                 raise _tooManyReferences(self.referenceLimit)
             luid = self.newLocalID()
-            self.localObjects[luid] = pb.Local(object)
+            self.localObjects[luid] = Local(object)
             self.luids[puid] = luid
             self._record("ref", luid, puid, True)
         else:
@@ -319,15 +455,72 @@ class Broker(PBBroker):
         luid = self.newLocalID()
         puid = instance.processUniqueID()
         self.remotelyCachedLUIDs[puid] = luid
-        self.remotelyCachedObjects[luid] = pb.Local(instance, self.serializingPerspective)
+        self.remotelyCachedObjects[luid] = Local(instance, self.serializingPerspective)
         self._record("cache", luid, puid, True)
         return luid
 
+    # -- the cache tables: models mirrored across this connection
+
     def cachedRemotelyAs(self, instance: Any, incref: int = 0) -> Any:
-        luid = super().cachedRemotelyAs(instance, incref)
+        """
+        The id the peer mirrors C{instance} (a model of this side's) by, or
+        None; with C{incref}, it is being sent again: one more receipt for
+        the peer to give back.
+        """
+        puid = instance.processUniqueID()
+        luid = self.remotelyCachedLUIDs.get(puid)
         if luid is not None and incref:
-            self._record("cache", luid, instance.processUniqueID(), False)
+            self.remotelyCachedObjects[luid].incref()
+            self._record("cache", luid, puid, False)
         return luid
+
+    def remotelyCachedForLUID(self, luid: Any) -> Any:
+        """This side's model the peer mirrors as C{luid} (a mirror sent back)."""
+        return self.remotelyCachedObjects[luid].object
+
+    def decCacheRef(self, objectID: Any) -> None:
+        """Give back one receipt of the peer's model C{objectID}."""
+        self.sendCall(b"decache", objectID)
+
+    def proto_decache(self, objectID: Any) -> None:
+        # The peer gave back a receipt; after the last it no longer mirrors
+        # the model, and is told it may forget the id.
+        entry = self.remotelyCachedObjects[objectID]
+        if entry.decref() == 0:
+            self._stopObserving(entry)
+            del self.remotelyCachedLUIDs[entry.object.processUniqueID()]
+            del self.remotelyCachedObjects[objectID]
+            self.sendCall(b"uncache", objectID)
+
+    def _stopObserving(self, entry: Local) -> None:
+        try:
+            entry.object.stoppedObserving(entry.perspective, Observer(self, entry.object))
+        except Exception:
+            self.factory.errorLog.failure(
+                ("stoppedObserving", id(self)), "a model observed by {peer} failed "
+                "to stop observing", peer=self.peer)
+
+    def cacheLocally(self, cid: Any, instance: Any) -> None:
+        """Mirror the peer's model C{cid} with C{instance}, a subscription."""
+        # A model a client sends becomes a subscription on the server: state
+        # the peer makes the server hold, counted like references.  (A
+        # client mirrors what its own calls asked for.)
+        if self.factory.countPeerCaches and cid not in self.locallyCachedObjects and \
+                len(self.locallyCachedObjects) >= self.referenceLimit:
+            raise _tooManyReferences(self.referenceLimit)
+        self.locallyCachedObjects[cid] = instance
+
+    def cachedLocallyAs(self, cid: Any) -> Any:
+        """The subscription that mirrors the peer's model C{cid}."""
+        return self.locallyCachedObjects[cid]
+
+    def receiveCached(self, luid: Any) -> Any:
+        """A model this side mirrors already, sent again (C{[b"cached", luid]})."""
+        return self.locallyCachedObjects[luid].receivedAgain()
+
+    def proto_uncache(self, objectID: Any) -> None:
+        # The origin forgot the model: the id is free, nothing to give back.
+        self.locallyCachedObjects.pop(objectID).broker = None
 
     # A message that fails half-way (a later value cannot be jellied, or is
     # over banana's limit) must not leave behind the references and model
@@ -354,9 +547,7 @@ class Broker(PBBroker):
                 lobj = self.remotelyCachedObjects.pop(luid, None)
                 self.remotelyCachedLUIDs.pop(puid, None)
                 if lobj is not None:
-                    lobj.object.stoppedObserving(
-                        lobj.perspective,
-                        RemoteCacheObserver(self, lobj.object, lobj.perspective))
+                    lobj.object.stoppedObserving(lobj.perspective, Observer(self, lobj.object))
             elif luid in self.remotelyCachedObjects:
                 self.remotelyCachedObjects[luid].decref()
 
@@ -704,25 +895,49 @@ class Broker(PBBroker):
         self._lastTxn = txn
         return result
 
-    def writeMessage(self, prefix: bytes, perspective: Any, objectID: Any,
-                     message: bytes, args: Any, kw: Any) -> Any:
+    def newRequestID(self) -> int:
+        """The id of the next call this side sends (1, 2, ...: as stock PB)."""
+        self.currentRequestID += 1
+        return self.currentRequestID
+
+    def sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
+                    message: bytes, args: Any, kw: dict[str, Any]) -> Any:
+        """
+        Send a call of C{message} on the peer's object C{objectID} (a
+        C{prefix + b"message"}: C{b"cache"} for a model's mirror); a Deferred
+        of its answer, or None when C{kw} says C{pbanswer=False}.
+
+        A call that cannot be sent fails its Deferred (never leaves it
+        waiting) and takes back the references and model observations its
+        arguments registered: the peer never learns of them.
+        """
+        answerRequired = kw.pop("pbanswer", 1)
+        if self.disconnected:
+            raise pb.DeadReferenceError("Calling Stale Broker")
         txn: list[tuple[str, Any, Any, bool]] = []
         self._txn = txn
         try:
-            result = super().writeMessage(prefix, perspective, objectID, message,
-                                          args, kw)
-        except banana.BananaError as e:
-            # Raised while encoding, after the answer Deferred was registered
-            # under the newest request ID: without this it would never fire.
-            self.waitingForAnswers.pop(self.currentRequestID, None)
-            self._undo(txn)
-            return defer.fail(_unencodable(e))
+            try:
+                netArgs = self.serialize(args, perspective=perspective, method=message)
+                netKw = self.serialize(kw, perspective=perspective, method=message)
+            except Exception:
+                self._undo(txn)  # the keywords failed after the arguments went in
+                return defer.fail()
+            requestID = self.newRequestID()
+            answer: defer.Deferred | None = None
+            if answerRequired:
+                answer = defer.Deferred()
+                self.waitingForAnswers[requestID] = answer
+            try:
+                self.sendCall(prefix + b"message", requestID, objectID, message,
+                              answerRequired, netArgs, netKw)
+            except banana.BananaError as e:
+                self.waitingForAnswers.pop(requestID, None)
+                self._undo(txn)
+                return defer.fail(_unencodable(e))
+            return answer
         finally:
             self._txn = None
-        if isinstance(result, defer.Deferred) and result.called and \
-                isinstance(result.result, Failure):
-            self._undo(txn)  # the keywords failed after the arguments went in
-        return result
 
     def writeAnswer(self, netResult: Any, requestID: int) -> None:
         try:
@@ -781,18 +996,19 @@ class Broker(PBBroker):
             self._warnPeer("an answer to no call", f"request id {requestID!r:.40}")
         return d
 
-    def cacheLocally(self, cid: Any, instance: Any) -> None:
-        # A model a client sends becomes a subscription on the server: state
-        # the peer makes the server hold, counted like references.  (A
-        # client mirrors what its own calls asked for.)
-        if self.factory.countPeerCaches and cid not in self.locallyCachedObjects and \
-                len(self.locallyCachedObjects) >= self.referenceLimit:
-            raise _tooManyReferences(self.referenceLimit)
-        super().cacheLocally(cid, instance)
+    def remoteForName(self, name: str | bytes) -> Reference:
+        """The peer's object published under C{name} (its root: C{"root"})."""
+        if isinstance(name, str):
+            name = name.encode("utf-8")
+        return Reference(self, name, counted=False)
+
+    def receiveRemote(self, luid: Any) -> Reference:
+        """A stock PB reference (C{[b"remote", luid]}) from the peer."""
+        return Reference(self, luid)
 
     def receiveReference(self, luid: int, names: Any, descriptions: Any) -> Any:
         """An incoming manager reference: wrap it for the application."""
-        ref = pb.RemoteReference(self.unserializingPerspective, self, luid, 1)
+        ref = Reference(self, luid)
         if not isinstance(names, (list, tuple)):
             names = ()
         names = tuple(n.decode("utf-8") for n in names if isinstance(n, bytes))

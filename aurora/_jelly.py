@@ -7,6 +7,9 @@ declared in L{aurora._types}, nothing else.  A value that cannot be sent or
 received becomes an L{aurora.errors.SerializationError} or
 L{aurora.errors.LimitExceeded} the caller can read.  A model update made of
 basic values is encoded once for all its observers (L{sharedUpdate}).
+PB's reference atoms that name a connection's tables (C{local}, C{remote},
+C{cached}) are read by that connection (see L{IConnection}); a stock PB
+broker in the same process still gets PB's own readings.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from twisted.persisted.crefutil import NotKnown
 from twisted.python.reflect import qual
-from twisted.spread import banana, jelly
+from twisted.spread import banana, flavors, jelly, pb
 
 from aurora import _banana, _plain, _types
 from aurora._seams import IConnection
@@ -208,9 +211,36 @@ def _receiveRef(unjellier: Any, sexp: list) -> Any:
 _types.unjellyableRegistry[REF_ATOM] = _receiveRef
 
 
+def _receiveRemote(unjellier: Any, sexp: list) -> Any:
+    """
+    A stock PB reference (C{[b"remote", luid]}, from a stock PB server): on
+    an aurora connection, the connection's own reference to it.
+    """
+    invoker = unjellier.invoker
+    if not IConnection.providedBy(invoker):
+        # A stock PB broker in this process: what PB itself would build.
+        return pb.RemoteReference(invoker.unserializingPerspective, invoker, sexp[1], 1)
+    return invoker.receiveRemote(sexp[1])
+
+
+_types.unjellyableRegistry[b"remote"] = _receiveRemote
+
+
+def _receiveCached(unjellier: Any, sexp: list) -> Any:
+    """A model sent again (C{[b"cached", luid]}) that the connection mirrors."""
+    invoker = unjellier.invoker
+    if not IConnection.providedBy(invoker):
+        return flavors.unjellyCached(unjellier, sexp)  # a stock PB broker's
+    return invoker.receiveCached(sexp[1])
+
+
+_types.unjellyableRegistry[b"cached"] = _receiveCached
+
+
 # [b"cachemessage", requestID, luid, b"update", answerRequired, args, kw]:
-# what PB's RemoteCacheObserver.callRemote("update", name, value,
-# pbanswer=False) sends, cut where the per-connection part ends.
+# what a model's observer (aurora._broker.Observer) sends for
+# callRemote("update", name, value, pbanswer=False), cut where the
+# per-connection part ends.
 _UPDATE_HEAD = _banana.listHeader(7) + _banana.encode(b"cachemessage")
 
 

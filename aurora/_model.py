@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from aurora import signals
 from aurora._manager import _text, _unserializeCall
-from aurora._pbcompat import CachedLocally
+from aurora._broker import Observer
 from aurora._seams import IUpdateSource
 from aurora._types import Declared
 from aurora._jelly import sharedUpdate
@@ -139,7 +139,20 @@ class Model(Declared, pb.Cacheable):
             if hold is not None:
                 hold(self)
             return [b"lcache", link.luid]
-        return super().jellyFor(jellier)
+        broker = jellier.invoker
+        if broker is None:
+            return super().jellyFor(jellier)
+        # As PB's Cacheable: the first time on a connection, the type, the
+        # id the peer will mirror it by and the state (the peer now
+        # observes it); after that only the id, one more receipt.
+        luid = broker.cachedRemotelyAs(self, 1)
+        if luid is not None:
+            return [b"cached", luid]
+        luid = broker.cacheRemotely(self)
+        state = self.getStateToCacheAndObserveFor(None, Observer(broker, self))
+        sexp = jellier.prepare(self)
+        sexp.extend([self.getTypeToCopy(), luid, jellier.jelly(state)])
+        return jellier.preserve(self, sexp)
 
     # -- the mirror side: built when a Model arrives
 
@@ -203,7 +216,7 @@ def _nothing() -> None:
     return None
 
 
-class Subscription(CachedLocally):
+class Subscription:
     """
     The client end of one Model observed over one connection.
 
@@ -233,8 +246,7 @@ class Subscription(CachedLocally):
         self.face: Callable[[], Model | None] = weakref.ref(face, self._faceGone)
 
     def receivedAgain(self) -> Any:
-        # PB's "cached" unjellier asks for this when the origin sends a model
-        # this connection mirrors already.
+        """The face, when the origin sends again a model this side mirrors."""
         face = self.face()
         if face is None:
             return self._revive()

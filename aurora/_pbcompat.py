@@ -24,9 +24,9 @@ from twisted.spread import pb
 
 class PBBroker(pb.Broker):
     """
-    C{pb.Broker} with its private send and receive steps under public names:
-    a subclass overrides L{receiveMessage}, L{writeMessage} and
-    L{writeAnswer}, and calls L{writeError} and L{writeFailureOrError}.
+    C{pb.Broker} with its private receive and answer steps under public
+    names: a subclass overrides L{receiveMessage} and L{writeAnswer}, and
+    calls L{writeError} and L{writeFailureOrError}.
     """
 
     # PB calls these (private) methods; each hands over to aurora's name.
@@ -35,10 +35,6 @@ class PBBroker(pb.Broker):
                      netArgs: Any, netKw: Any) -> None:
         self.receiveMessage(findObjMethod, requestID, objectID, message,
                             answerRequired, netArgs, netKw)
-
-    def _sendMessage(self, prefix: bytes, perspective: Any, objectID: Any,
-                     message: bytes, args: Any, kw: Any) -> Any:
-        return self.writeMessage(prefix, perspective, objectID, message, args, kw)
 
     def _sendAnswer(self, netResult: Any, requestID: int) -> None:
         self.writeAnswer(netResult, requestID)
@@ -51,12 +47,6 @@ class PBBroker(pb.Broker):
         pb.Broker._recvMessage(self, findObjMethod, requestID, objectID, message,
                                answerRequired, netArgs, netKw)
 
-    def writeMessage(self, prefix: bytes, perspective: Any, objectID: Any,
-                     message: bytes, args: Any, kw: Any) -> Any:
-        """Send a call; a Deferred of its answer (None if none is wanted)."""
-        return pb.Broker._sendMessage(self, prefix, perspective, objectID, message,
-                                      args, kw)
-
     def writeAnswer(self, netResult: Any, requestID: int) -> None:
         """Send the answer to the peer's call C{requestID}."""
         pb.Broker._sendAnswer(self, netResult, requestID)
@@ -68,20 +58,6 @@ class PBBroker(pb.Broker):
     def writeFailureOrError(self, fail: Any, requestID: int) -> None:
         """Send a call's failure as its error answer, as stock PB would."""
         pb.Broker._sendFailureOrError(self, fail, requestID)
-
-
-class CachedLocally:
-    """
-    What PB's unjellier finds under a cache id it was sent again
-    (C{["cached", id]}): it asks for the object to hand out by a private name.
-    """
-
-    def _borgify(self) -> Any:
-        return self.receivedAgain()
-
-    def receivedAgain(self) -> Any:
-        """The object to hand out for another receipt of this cache id."""
-        raise NotImplementedError
 
 
 def canWriteDirectly(transport: Any) -> bool:

@@ -12,7 +12,10 @@ from zope.interface import Attribute, Interface
 
 
 class IConnection(Interface):
-    """One peer's connection, as L{aurora._flow.Flow} and L{aurora._heartbeat.Watchdog} see it."""
+    """
+    One peer's connection, as L{aurora._flow.Flow}, L{aurora._heartbeat.Watchdog}
+    and L{aurora._jelly}'s receivers see it.
+    """
 
     peer = Attribute("The peer's address, for log lines (C{host:port}).")
     peerLog = Attribute("A L{aurora._quiet.LogLimiter} for what the peer causes.")
@@ -30,6 +33,12 @@ class IConnection(Interface):
 
     def resumeReading(why: str) -> None:
         """Read the peer again, once nothing else holds reading paused."""
+
+    def receiveRemote(luid: object) -> object:
+        """This connection's reference to the peer's object C{luid}."""
+
+    def receiveCached(luid: object) -> object:
+        """The mirror of the peer's model C{luid}, sent again."""
 
 
 class IUpdateSource(Interface):

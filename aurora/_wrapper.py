@@ -28,6 +28,7 @@ from zope.interface.interface import InterfaceClass
 from zope.interface.interfaces import IInterface
 
 from aurora import _schema, _types
+from aurora._broker import Reference
 from aurora._manager import Manager
 from aurora.errors import (
     ConnectionLost,
@@ -124,7 +125,7 @@ def learnInterface(description: dict[str, Any], settings: Any) -> None:
         learned[name] = iface
 
 
-def wrap(ref: pb.RemoteReference, names: tuple[str, ...], settings: Any,
+def wrap(ref: Reference, names: tuple[str, ...], settings: Any,
          descriptions: Sequence[Any] = ()) -> Wrapper:
     """The wrapper for a reference to a manager offering C{names}."""
     for description in descriptions:
@@ -180,7 +181,7 @@ class Wrapper(Manager):
     _error: Error | None = None
     _origin: Any = None
 
-    def __init__(self, ref: pb.RemoteReference | None, names: tuple[str, ...],
+    def __init__(self, ref: Reference | None, names: tuple[str, ...],
                  settings: Any) -> None:
         self._ref = ref
         self._names = tuple(names)
