@@ -4,7 +4,10 @@ functions it passes through (client and server together, in one process over
 127.0.0.1), by package, and the function calls per echo.  Deterministic,
 unlike timings, so two commits can be compared on a busy machine.
 
-    python benchmarks/callpath.py [--calls N] [--json FILE]
+    python benchmarks/callpath.py [--calls N] [--relay] [--json FILE]
+
+With C{--relay} the client calls through a relay (a L{Relay} in the same
+process): the difference is what one hop costs in functions and calls.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet import defer, task  # noqa: E402
 
-from aurora import Client, Registry, Server  # noqa: E402
+from aurora import Client, Registry, Relay, Server  # noqa: E402
 from benchmarks._app import Bench, IBench  # noqa: E402
 
 
@@ -58,12 +61,17 @@ def profile(stats: pstats.Stats, calls: int) -> dict[str, Any]:
 async def main(reactor: Any, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--relay", action="store_true")
     parser.add_argument("--json")
     o = parser.parse_args(argv)
     registry = Registry()
     registry.register(IBench, Bench())
     server = Server(registry)
     port = (await server.listen("tcp:0:interface=127.0.0.1")).getHost().port
+    relay = None
+    if o.relay:
+        relay = Relay(f"tcp:127.0.0.1:{port}", clientOptions={"heartbeat": None})
+        port = (await relay.start("tcp:0:interface=127.0.0.1"))[0].getHost().port
     client = Client(f"tcp:127.0.0.1:{port}", heartbeat=None)
     bench = await (await client.getRegistry()).getManager(IBench)
     for _ in range(200):  # warm: caches filled, first-call paths behind us
@@ -77,9 +85,11 @@ async def main(reactor: Any, argv: list[str]) -> None:
         profiler.disable()
         results[calls] = profile(pstats.Stats(profiler), calls)
     await client.stop()
+    if relay is not None:
+        await relay.stop()
     await server.stop()
     one = results[1]
-    print("one sequential echo (client and server, one process):")
+    print(f"one sequential echo (client{', relay' if o.relay else ''} and server, one process):")
     for group, n in sorted(one["functions"].items(), key=lambda kv: -kv[1]):
         print(f"  {n:4d} distinct functions in {group}")
     print(f"  aurora modules: {len(one['aurora_modules'])} ({', '.join(one['aurora_modules'])})")
