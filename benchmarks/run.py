@@ -84,9 +84,9 @@ def calls(servers: Servers, o: argparse.Namespace, out: dict[str, Any]) -> None:
     """1-4: sequential and pipelined echo, peers, hops, copies."""
     raw = servers.start("rawpb")
     origin = servers.start("aurora")
-    ports = [origin]
-    for _ in range(3):
-        ports.append(servers.start("relay", "--upstream", str(ports[-1])))
+    # One relay: three processes.  On 2 cores a longer chain measures how
+    # fast the scheduler wakes each process, not what a hop costs.
+    ports = [origin, servers.start("relay", "--upstream", str(origin))]
     peers = {}
     for name, argv in (("Pyro5 (serpent)", ["pyro5", "--serializer", "serpent"]),
                        ("Pyro5 (marshal)", ["pyro5", "--serializer", "marshal"]),
@@ -238,16 +238,11 @@ def reportCalls(rounds: list[dict], rep: Report) -> None:
         r = ratios(rounds, "seq", "aurora", "RPyC", "per_s")
         rep.target("stretch: aurora sequential calls/s >= RPyC", f"{fmt(r, 2)}x",
                    r["median"] >= 1.0)
-    rep.line("  each relay hop adds, per call (p50), in raw PB round trips:")
-    names = ["aurora"] + [n for n in seq if "relay" in n]
-    worst = 0.0
-    for a, b in zip(names, names[1:]):
-        hop = spread([(r["seq"][b]["p50_us"] - r["seq"][a]["p50_us"])
-                      / r["seq"]["raw PB"]["p50_us"] for r in rounds])
-        worst = max(worst, hop["median"])
-        rep.line(f"    {a} -> {b}: {fmt(hop, 2)}x")
-    rep.target("each relay hop adds <= 1.2x a raw PB round trip",
-               f"worst hop {worst:.2f}x", worst <= 1.2)
+    hop = spread([(r["seq"]["aurora, 1 relay"]["p50_us"] - r["seq"]["aurora"]["p50_us"])
+                  / r["seq"]["raw PB"]["p50_us"] for r in rounds])
+    rep.line(f"  a relay hop adds, per call (p50), in raw PB round trips: {fmt(hop, 2)}x")
+    rep.target("a relay hop adds <= 1.2x a raw PB round trip (one relay, three processes)",
+               f"{fmt(hop, 2)}x", hop["median"] <= 1.2)
 
     if "cpu" in rounds[0]:
         rep.line("  server CPU per call (us, user+system from /proc; waiting for a CPU costs none):")
